@@ -1,0 +1,1 @@
+"""Dev-only tools: Azure stand-ins (emulators) and a local Functions host. Never deployed."""

@@ -1,0 +1,115 @@
+"""Start the Azure OpenAI emulator and the managed-identity endpoint, alone or together.
+
+From Python (tests, the dev host, benchmarks)::
+
+    with Emulators.start(latency_ms=0) as emulators:
+        emulators.app_settings()   # the settings that point an app at them
+
+From the command line (an interface other tools rely on; keep it stable)::
+
+    python -m devserver.emulators [--host 127.0.0.1] [--port 0] [--latency-ms N] [--token-lifetime S]
+
+prints one line of JSON once both accept connections, then serves until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+
+from .identity_emulator import DEFAULT_TOKEN_LIFETIME, IdentityServer
+from .openai_emulator import DEFAULT_DEPLOYMENTS, OpenAIServer
+from .tokens import TokenSigner
+
+DEFAULT_DEPLOYMENT = "gpt-35-turbo-instruct"
+
+
+@dataclass
+class Emulators:
+    openai: OpenAIServer | None
+    identity: IdentityServer | None
+
+    @classmethod
+    def start(cls, host: str = "127.0.0.1", port: int = 0, *, latency_ms: int = 0,
+              token_lifetime: float = DEFAULT_TOKEN_LIFETIME, api_key: str | None = None,
+              token_secret: str | None = None, only: str | None = None) -> "Emulators":
+        """Both servers (or ``only`` one), serving on daemon threads. ``port`` is the
+        OpenAI emulator's; the identity endpoint takes the next free port."""
+        signer = TokenSigner(token_secret)
+        identity = openai = None
+        if only in (None, "identity"):
+            identity = IdentityServer(host, port if only == "identity" else 0, signer=signer,
+                                      token_lifetime=token_lifetime).start()
+        if only in (None, "openai"):
+            openai = OpenAIServer(host, port, api_key=api_key, signer=signer, latency_ms=latency_ms,
+                                  identity=identity.state if identity else None).start()
+        return cls(openai, identity)
+
+    def stop(self) -> None:
+        for server in (self.openai, self.identity):
+            if server is not None:
+                server.stop()
+
+    def __enter__(self) -> "Emulators":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def describe(self) -> dict:
+        """The JSON line the command line prints."""
+        out: dict = {}
+        if self.openai is not None:
+            out.update(endpoint=self.openai.endpoint, api_key=self.openai.api_key,
+                       deployments=list(self.openai.state.deployments))
+        if self.identity is not None:
+            out.update(identity_endpoint=self.identity.endpoint, identity_header=self.identity.header)
+        return out
+
+    def app_settings(self, auth: str = "managed_identity", deployment: str = DEFAULT_DEPLOYMENT) -> dict[str, str]:
+        """Application settings pointing the app at these emulators."""
+        assert self.openai is not None
+        settings = {"AZURE_OPENAI_ENDPOINT": self.openai.endpoint, "AZURE_OPENAI_DEPLOYMENT": deployment,
+                    "AZURE_OPENAI_AUTH": auth}
+        if auth == "key":
+            settings["AZURE_OPENAI_API_KEY"] = self.openai.api_key
+        elif self.identity is not None:
+            settings.update(IDENTITY_ENDPOINT=self.identity.endpoint, IDENTITY_HEADER=self.identity.header)
+        return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devserver.emulators", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="OpenAI emulator port (0 = any free port)")
+    parser.add_argument("--latency-ms", type=int, default=0, help="added to every completion")
+    parser.add_argument("--token-lifetime", type=float, default=DEFAULT_TOKEN_LIFETIME,
+                        help="seconds a managed-identity token is valid")
+    parser.add_argument("--api-key", default=None, help="the key to accept (default: random)")
+    parser.add_argument("--token-secret", default=None,
+                        help="signing secret shared with an emulator in another process")
+    parser.add_argument("--only", choices=("openai", "identity"), default=None,
+                        help="start just one of the two")
+    args = parser.parse_args(argv)
+    emulators = Emulators.start(args.host, args.port, latency_ms=args.latency_ms,
+                                token_lifetime=args.token_lifetime, api_key=args.api_key,
+                                token_secret=args.token_secret, only=args.only)
+    print(json.dumps(emulators.describe()), flush=True)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    emulators.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["Emulators", "DEFAULT_DEPLOYMENT", "DEFAULT_DEPLOYMENTS", "main"]

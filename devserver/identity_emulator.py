@@ -1,0 +1,201 @@
+"""A managed-identity token endpoint speaking the App Service / Functions protocol.
+
+``azure-identity`` (through msal) uses it when ``IDENTITY_ENDPOINT`` and
+``IDENTITY_HEADER`` are set: ``GET {IDENTITY_ENDPOINT}?api-version=2019-08-01
+&resource=...[&client_id=...]`` with header ``X-IDENTITY-HEADER``. Answers
+``{"access_token", "expires_on", "resource", "token_type", "client_id"}`` with
+``expires_on`` in epoch seconds as a string, as the platform does.
+
+Control API (same server): ``POST /_emulator/faults`` (list of faults served to
+the next token requests), ``POST /_emulator/config`` (``token_lifetime``,
+``outage``: ``null`` | ``"error"`` (every token request gets 500) | ``"stall"``
+(token requests hang until the outage ends)), ``GET /_emulator/stats``,
+``POST /_emulator/reset``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections import Counter
+from urllib.parse import parse_qs
+
+from .faults import FaultQueue
+from .httpserver import Handler, Server
+from .tokens import TokenSigner
+
+TOKEN_PATH = "/msi/token"
+API_VERSION = "2019-08-01"
+SYSTEM_ASSIGNED_CLIENT_ID = "00000000-0000-4000-8000-00000000a551"
+DEFAULT_TOKEN_LIFETIME = 3600.0
+OUTAGES = (None, "error", "stall")
+MAX_STALL_SECONDS = 120.0
+
+
+class IdentityState:
+    def __init__(self, signer: TokenSigner, token_lifetime: float) -> None:
+        self.signer = signer
+        self.header_secret = secrets.token_urlsafe(24)
+        self.token_lifetime = token_lifetime
+        self.outage: str | None = None
+        self.outage_ended = threading.Event()
+        self.outage_ended.set()
+        self.faults = FaultQueue()
+        self._lock = threading.Lock()
+        self.by_status: Counter[str] = Counter()
+        self.tokens_by_client_id: Counter[str] = Counter()
+
+    def count(self, status: int | str) -> None:
+        with self._lock:
+            self.by_status[str(status)] += 1
+
+    def issued(self, client_id: str) -> None:
+        with self._lock:
+            self.tokens_by_client_id[client_id] += 1
+
+    def set_outage(self, outage: str | None) -> None:
+        self.outage = outage
+        if outage == "stall":
+            self.outage_ended.clear()
+        else:
+            self.outage_ended.set()
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "token_requests": sum(self.by_status.values()),
+                "requests_by_status": dict(self.by_status),
+                "tokens_issued": sum(self.tokens_by_client_id.values()),
+                "tokens_by_client_id": dict(self.tokens_by_client_id),
+            }
+
+    def reset(self) -> None:
+        self.faults.clear()
+        self.set_outage(None)
+        with self._lock:
+            self.by_status.clear()
+            self.tokens_by_client_id.clear()
+
+
+def _platform_error(status: int, message: str) -> dict:
+    return {"statusCode": status, "message": message, "correlationId": str(uuid.uuid4())}
+
+
+class IdentityHandler(Handler):
+    state: IdentityState  # set on the subclass built by IdentityServer
+
+    def do_GET(self) -> None:
+        url = self.url()
+        if url.path == "/_emulator/stats":
+            stats = self.state.snapshot()
+            stats["connections_accepted"] = self.server.connections_accepted
+            return self.send_json(200, stats)
+        if url.path.rstrip("/") != TOKEN_PATH:
+            return self.send_json(404, _platform_error(404, "Not found"))
+        self._token(parse_qs(url.query))
+
+    def do_POST(self) -> None:
+        path = self.url().path
+        try:
+            body = json.loads(self.read_body() or b"null")
+        except ValueError:
+            return self.send_json(400, {"error": "body must be JSON"})
+        if path == "/_emulator/faults":
+            if not isinstance(body, list):
+                return self.send_json(400, {"error": "expected a JSON list of faults"})
+            try:
+                pending = self.state.faults.extend(body)
+            except ValueError as exc:
+                return self.send_json(400, {"error": str(exc)})
+            return self.send_json(200, {"pending": pending})
+        if path == "/_emulator/config":
+            return self._config(body)
+        if path == "/_emulator/reset":
+            self.state.reset()
+            self.server.reset_connection_count()
+            return self.send_json(200, {"reset": True})
+        self.send_json(404, _platform_error(404, "Not found"))
+
+    def _config(self, body) -> None:
+        if not isinstance(body, dict) or set(body) - {"token_lifetime", "outage"}:
+            return self.send_json(400, {"error": "expected {token_lifetime?, outage?}"})
+        if "token_lifetime" in body:
+            lifetime = body["token_lifetime"]
+            if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0:
+                return self.send_json(400, {"error": "token_lifetime must be a positive number"})
+            self.state.token_lifetime = float(lifetime)
+        if "outage" in body:
+            if body["outage"] not in OUTAGES:
+                return self.send_json(400, {"error": f"outage must be one of {list(OUTAGES)}"})
+            self.state.set_outage(body["outage"])
+        self.send_json(200, {"token_lifetime": self.state.token_lifetime, "outage": self.state.outage})
+
+    def _token(self, query: dict[str, list[str]]) -> None:
+        state = self.state
+        fault = state.faults.pop()
+        if fault is not None:
+            if fault.drop:
+                state.count("dropped")
+                return self.drop_connection()
+            time.sleep(fault.delay_ms / 1000)
+            if fault.status is not None or fault.raw is not None:
+                status = fault.status or 200
+                state.count(status)
+                if fault.raw is not None:
+                    return self.send(status, fault.raw.encode(), "application/json")
+                return self.send_json(status, _platform_error(status, "Injected failure."))
+        if state.outage == "stall":
+            state.outage_ended.wait(MAX_STALL_SECONDS)
+        if state.outage == "error":
+            state.count(500)
+            return self.send_json(500, _platform_error(500, "An unexpected error occurred."))
+
+        secret = self.headers.get("X-IDENTITY-HEADER")
+        if secret is None:
+            state.count(400)
+            return self.send_json(400, _platform_error(400, "Missing required header X-IDENTITY-HEADER."))
+        if secret != state.header_secret:
+            state.count(401)
+            return self.send_json(401, _platform_error(401, "Unauthorized: invalid X-IDENTITY-HEADER."))
+        if query.get("api-version", [None])[0] != API_VERSION:
+            state.count(400)
+            return self.send_json(400, _platform_error(400, f"Unsupported api-version; use {API_VERSION}."))
+        resource = query.get("resource", [""])[0]
+        if not resource:
+            state.count(400)
+            return self.send_json(400, _platform_error(400, "Missing required parameter 'resource'."))
+        client_id = query.get("client_id", [SYSTEM_ASSIGNED_CLIENT_ID])[0]
+        token, expires_on = state.signer.issue(resource, client_id, state.token_lifetime)
+        state.issued(client_id)
+        state.count(200)
+        self.send_json(200, {
+            "access_token": token, "expires_on": str(expires_on), "resource": resource,
+            "token_type": "Bearer", "client_id": client_id,
+        })
+
+
+class IdentityServer(Server):
+    """The token endpoint on its own port. ``endpoint``/``header`` are what the app's
+    ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` settings must hold."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
+                 signer: TokenSigner | None = None,
+                 token_lifetime: float = DEFAULT_TOKEN_LIFETIME) -> None:
+        self.state = IdentityState(signer or TokenSigner(), token_lifetime)
+        handler = type("BoundIdentityHandler", (IdentityHandler,), {"state": self.state})
+        super().__init__((host, port), handler)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.base_url}{TOKEN_PATH}"
+
+    @property
+    def header(self) -> str:
+        return self.state.header_secret
+
+    def stop(self) -> None:
+        self.state.outage_ended.set()  # release stalled requests
+        super().stop()

@@ -1,0 +1,107 @@
+"""Shared fixtures: the emulators over real sockets, app configuration, a loopback-only guard."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from devserver.emulators import Emulators  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes several seconds (soak, timing bounds)")
+
+
+# -- nothing but loopback -------------------------------------------------------
+_violations: list[str] = []
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def _is_loopback(host) -> bool:
+    if host is None:
+        return True
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse(what: str) -> OSError:
+    _violations.append(what)
+    return OSError(f"test isolation: {what} is not loopback")
+
+
+def _guarded_connect(self, address):
+    if isinstance(address, tuple) and not _is_loopback(address[0]):
+        raise _refuse(f"connect to {address[0]}")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if isinstance(address, tuple) and not _is_loopback(address[0]):
+        raise _refuse(f"connect to {address[0]}")
+    return _real_connect_ex(self, address)
+
+
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if not _is_loopback(host):
+        raise socket.gaierror(str(_refuse(f"name lookup of {host}")))
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_only():
+    socket.socket.connect = _guarded_connect
+    socket.socket.connect_ex = _guarded_connect_ex
+    socket.getaddrinfo = _guarded_getaddrinfo
+    yield
+    socket.socket.connect = _real_connect
+    socket.socket.connect_ex = _real_connect_ex
+    socket.getaddrinfo = _real_getaddrinfo
+
+
+@pytest.fixture(autouse=True)
+def no_network_escape():
+    """Fail any test that tried to reach beyond loopback, even if the code swallowed the error."""
+    start = len(_violations)
+    yield
+    assert _violations[start:] == [], f"tried to leave loopback: {_violations[start:]}"
+
+
+# -- the emulators ------------------------------------------------------------
+@pytest.fixture(scope="session")
+def running_emulators():
+    emulators = Emulators.start()
+    yield emulators
+    emulators.stop()
+
+
+@pytest.fixture
+def emulators(running_emulators):
+    """The session's emulators, reset to defaults for this test."""
+    _reset(running_emulators)
+    yield running_emulators
+    _reset(running_emulators)
+
+
+def _reset(emulators: Emulators) -> None:
+    requests.post(emulators.openai.base_url + "/_emulator/reset").raise_for_status()
+    requests.post(emulators.openai.base_url + "/_emulator/config",
+                  json={"latency_ms": 0, "content_filter_phrase": "trip the content filter"}).raise_for_status()
+    requests.post(emulators.identity.base_url + "/_emulator/config",
+                  json={"token_lifetime": 3600, "outage": None}).raise_for_status()
