@@ -78,3 +78,27 @@ class FaultQueue:
     def __len__(self) -> int:
         with self._lock:
             return len(self._faults)
+
+
+class Sleeper:
+    """Sleeps that a reset cuts short: a slow request left over from one test must
+    not answer (and be counted) after the next test has reset the emulator."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._wake = threading.Event()
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep; False when a reset happened meanwhile (abandon the request)."""
+        with self._lock:
+            generation, wake = self._generation, self._wake
+        if seconds > 0:
+            wake.wait(seconds)
+        return generation == self._generation
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._wake.set()
+            self._wake = threading.Event()

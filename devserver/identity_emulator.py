@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-import time
 import uuid
 from collections import Counter
 from urllib.parse import parse_qs
 
-from .faults import FaultQueue
+from .faults import FaultQueue, Sleeper
 from .httpserver import Handler, Server
 from .tokens import TokenSigner
 
@@ -32,7 +31,6 @@ API_VERSION = "2019-08-01"
 SYSTEM_ASSIGNED_CLIENT_ID = "00000000-0000-4000-8000-00000000a551"
 DEFAULT_TOKEN_LIFETIME = 3600.0
 OUTAGES = (None, "error", "stall")
-MAX_STALL_SECONDS = 120.0
 
 
 class IdentityState:
@@ -41,9 +39,8 @@ class IdentityState:
         self.header_secret = secrets.token_urlsafe(24)
         self.token_lifetime = token_lifetime
         self.outage: str | None = None
-        self.outage_ended = threading.Event()
-        self.outage_ended.set()
         self.faults = FaultQueue()
+        self.sleeper = Sleeper()
         self._lock = threading.Lock()
         self.by_status: Counter[str] = Counter()
         self.tokens_by_client_id: Counter[str] = Counter()
@@ -56,13 +53,6 @@ class IdentityState:
         with self._lock:
             self.tokens_by_client_id[client_id] += 1
 
-    def set_outage(self, outage: str | None) -> None:
-        self.outage = outage
-        if outage == "stall":
-            self.outage_ended.clear()
-        else:
-            self.outage_ended.set()
-
     def snapshot(self) -> dict:
         with self._lock:
             return {
@@ -74,7 +64,8 @@ class IdentityState:
 
     def reset(self) -> None:
         self.faults.clear()
-        self.set_outage(None)
+        self.sleeper.interrupt()
+        self.outage = None
         with self._lock:
             self.by_status.clear()
             self.tokens_by_client_id.clear()
@@ -130,7 +121,7 @@ class IdentityHandler(Handler):
         if "outage" in body:
             if body["outage"] not in OUTAGES:
                 return self.send_json(400, {"error": f"outage must be one of {list(OUTAGES)}"})
-            self.state.set_outage(body["outage"])
+            self.state.outage = body["outage"]
         self.send_json(200, {"token_lifetime": self.state.token_lifetime, "outage": self.state.outage})
 
     def _token(self, query: dict[str, list[str]]) -> None:
@@ -140,15 +131,17 @@ class IdentityHandler(Handler):
             if fault.drop:
                 state.count("dropped")
                 return self.drop_connection()
-            time.sleep(fault.delay_ms / 1000)
+            if not state.sleeper.sleep(fault.delay_ms / 1000):
+                return self.drop_connection()
             if fault.status is not None or fault.raw is not None:
                 status = fault.status or 200
                 state.count(status)
                 if fault.raw is not None:
                     return self.send(status, fault.raw.encode(), "application/json")
                 return self.send_json(status, _platform_error(status, "Injected failure."))
-        if state.outage == "stall":
-            state.outage_ended.wait(MAX_STALL_SECONDS)
+        while state.outage == "stall":  # hang until the outage ends
+            if not state.sleeper.sleep(0.05):
+                return self.drop_connection()
         if state.outage == "error":
             state.count(500)
             return self.send_json(500, _platform_error(500, "An unexpected error occurred."))
@@ -197,5 +190,5 @@ class IdentityServer(Server):
         return self.state.header_secret
 
     def stop(self) -> None:
-        self.state.outage_ended.set()  # release stalled requests
+        self.state.sleeper.interrupt()  # release stalled requests
         super().stop()

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from . import completion_text as textgen
-from .faults import Fault, FaultQueue
+from .faults import Fault, FaultQueue, Sleeper
 from .httpserver import Handler, Server
 from .identity_emulator import IdentityState
 from .tokens import COGNITIVE_SERVICES, TokenSigner
@@ -188,6 +188,7 @@ class OpenAIState:
         self.identity = identity
         self.content_filter_phrase = content_filter_phrase
         self.faults = FaultQueue()
+        self.sleeper = Sleeper()
         self._lock = threading.Lock()
         self.by_status: Counter[str] = Counter()
         self.auth_modes: Counter[str] = Counter()
@@ -225,6 +226,7 @@ class OpenAIState:
 
     def reset(self) -> None:
         self.faults.clear()
+        self.sleeper.interrupt()
         with self._lock:
             self.by_status.clear()
             self.auth_modes.clear()
@@ -340,8 +342,8 @@ class OpenAIHandler(Handler):
                 f"The completion operation does not work with the specified model, {model}. "
                 "Please choose different model and try again."))
 
-        if self.state.latency_ms:
-            time.sleep(self.state.latency_ms / 1000)
+        if not self.state.sleeper.sleep(self.state.latency_ms / 1000):
+            return self.drop_connection()
         requested = max(textgen.count_tokens(p) for p in request["prompts"]) + request["max_tokens"]
         if requested > CONTEXT_LENGTH:
             return self._reply(400, _error(
@@ -364,8 +366,9 @@ class OpenAIHandler(Handler):
             self.state.count("dropped")
             self.drop_connection()
             return True
-        if fault.delay_ms:
-            time.sleep(fault.delay_ms / 1000)
+        if not self.state.sleeper.sleep(fault.delay_ms / 1000):
+            self.drop_connection()
+            return True
         if fault.status is None and fault.raw is None:
             return False
         status = fault.status or 200
@@ -510,3 +513,7 @@ class OpenAIServer(Server):
     @property
     def api_key(self) -> str:
         return self.state.api_key
+
+    def stop(self) -> None:
+        self.state.sleeper.interrupt()  # release requests sleeping on latency or a delay fault
+        super().stop()

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import shared.openai_session  # noqa: E402,F401 - openai's per-thread sessions must be ours from the start
 from devserver.emulators import Emulators  # noqa: E402
 
 
@@ -105,3 +106,30 @@ def _reset(emulators: Emulators) -> None:
                   json={"latency_ms": 0, "content_filter_phrase": "trip the content filter"}).raise_for_status()
     requests.post(emulators.identity.base_url + "/_emulator/config",
                   json={"token_lifetime": 3600, "outage": None}).raise_for_status()
+
+
+# -- the app, configured through its settings -------------------------------------
+@pytest.fixture
+def configure_app(emulators, monkeypatch):
+    """Configure the app from settings, as the Functions host would (environment
+    variables), and install the resulting service in function_app for this test.
+    ``configure_app(auth="key", AZURE_OPENAI_MAX_RETRIES="0", NAME=None)``; None unsets."""
+    import function_app
+    from app_client import SETTING_NAMES
+    from shared.service import CompletionService
+
+    def configure(auth: str | None = "managed_identity", **settings: str | None) -> CompletionService:
+        for name in SETTING_NAMES:
+            monkeypatch.delenv(name, raising=False)
+        values: dict[str, str | None] = dict(emulators.app_settings(auth=auth or "managed_identity"))
+        if auth is None:
+            values.pop("AZURE_OPENAI_AUTH")
+        values.update(settings)
+        for name, value in values.items():
+            if value is not None:
+                monkeypatch.setenv(name, value)
+        service = CompletionService.from_environ()
+        monkeypatch.setattr(function_app, "service", service)
+        return service
+
+    return configure

@@ -1,0 +1,137 @@
+"""Managed-identity credentials and the process-wide token cache in front of them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable, Protocol
+
+from .errors import credential_unavailable
+from .retry import Deadline
+from .settings import RetrySettings, UpstreamSettings
+
+log = logging.getLogger(__name__)
+
+REFRESH_MARGIN_SECONDS = 300.0  # refresh when the token is this close to expiry
+EXPIRY_SKEW_SECONDS = 10.0  # never send a token with less life left than this
+STALE_WAIT_SECONDS = 1.0  # how long a request waits for a refresh while the old token still works
+RETRY_INTERVAL_SECONDS = 2.0  # after a failed refresh, keep using a valid token this long before asking again
+
+
+class AccessTokenLike(Protocol):
+    token: str
+    expires_on: int
+
+
+class TokenCredentialLike(Protocol):
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessTokenLike: ...
+
+
+def build_credential(upstream: UpstreamSettings, retry: RetrySettings) -> TokenCredentialLike:
+    """The azure-identity credential for the configured auth mode.
+
+    azure-identity is imported here rather than at module level so that a
+    key-auth app never pays for importing it. Its own retries are off
+    (``retry_total=0``) and its HTTP timeouts short: the caller's retry policy
+    decides, within the invocation's deadline.
+    """
+    transport_options = {"retry_total": 0, "connection_timeout": retry.connect_timeout,
+                         "read_timeout": min(retry.read_timeout, 10.0)}
+    if upstream.auth == "managed_identity":
+        from azure.identity import ManagedIdentityCredential
+
+        # ManagedIdentityCredential does not read AZURE_CLIENT_ID itself.
+        return ManagedIdentityCredential(client_id=upstream.client_id, **transport_options)
+    if upstream.auth == "default":
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential(managed_identity_client_id=upstream.client_id, **transport_options)
+    raise ValueError(f"auth mode {upstream.auth!r} uses no credential")
+
+
+class TokenCache:
+    """One cached token per process, refreshed ahead of expiry, shared by all threads.
+
+    - Fresh token (more than the margin left): returned without locking.
+    - Within the margin: one refresh runs (single-flight: concurrent callers share
+      it). While the old token is still valid, callers wait at most
+      ``stale_wait`` for the refresh and otherwise keep using the old token; a
+      failed refresh is logged and retried after ``retry_interval``.
+    - No valid token: callers wait for the refresh up to their deadline, then
+      get 503 ``credential_unavailable`` (retryable).
+    The refresh runs on its own thread so that no caller waits past its deadline,
+    even when the token endpoint hangs.
+    """
+
+    def __init__(self, credential: TokenCredentialLike, scope: str, *,
+                 refresh_margin: float = REFRESH_MARGIN_SECONDS, stale_wait: float = STALE_WAIT_SECONDS,
+                 retry_interval: float = RETRY_INTERVAL_SECONDS, clock: Callable[[], float] = time.time) -> None:
+        self._credential = credential
+        self._scope = scope
+        self._margin = refresh_margin
+        self._stale_wait = stale_wait
+        self._retry_interval = retry_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: AccessTokenLike | None = None
+        self._refresh: Future | None = None
+        self._next_refresh_at = 0.0
+        self.refreshes = 0  # token requests started, for tests and benchmarks
+
+    def get(self, deadline: Deadline) -> str:
+        token = self._token
+        now = self._clock()
+        if token is not None and now < token.expires_on - self._margin:
+            return token.token
+        usable = token if token is not None and now < token.expires_on - EXPIRY_SKEW_SECONDS else None
+        refresh = self._start_refresh(now, have_usable=usable is not None)
+        if refresh is not None:
+            wait = deadline.remaining() if usable is None else min(deadline.remaining(), self._stale_wait)
+            try:
+                return refresh.result(timeout=wait).token
+            except Exception:  # noqa: BLE001 - timed out, or failed (the refresh thread logs why)
+                pass
+        if usable is not None:
+            return usable.token
+        raise credential_unavailable()
+
+    def _start_refresh(self, now: float, *, have_usable: bool) -> Future | None:
+        with self._lock:
+            if self._refresh is not None:
+                return self._refresh
+            if have_usable and now < self._next_refresh_at:
+                return None
+            self._refresh = future = Future()
+            self.refreshes += 1
+        threading.Thread(target=self._run_refresh, args=(future,), name="token-refresh", daemon=True).start()
+        return future
+
+    def _run_refresh(self, future: Future) -> None:
+        try:
+            token = self._credential.get_token(self._scope)
+        except Exception as exc:  # noqa: BLE001 - any credential failure is reported the same way
+            with self._lock:
+                self._refresh = None
+                self._next_refresh_at = self._clock() + self._retry_interval
+                previous = self._token
+            left = (previous.expires_on - self._clock()) if previous is not None else 0
+            if left > EXPIRY_SKEW_SECONDS:
+                log.warning("token refresh failed (%s); keeping the cached token, valid for %d s more",
+                            _describe(exc), left)
+            else:
+                log.warning("token request failed (%s)", _describe(exc))
+            future.set_exception(exc)
+            return
+        with self._lock:
+            self._token = token
+            self._refresh = None
+        future.set_result(token)
+
+
+def _describe(exc: BaseException) -> str:
+    """Exception type and the first line of its message, shortened: enough to act on,
+    without dumping response bodies into the log."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first_line[:200]}" if first_line else type(exc).__name__

@@ -1,0 +1,64 @@
+"""The one error type the core raises: an HTTP status, a stable code and a safe message.
+
+Messages are written for the caller and never carry keys, tokens or tracebacks.
+``retryable`` says whether the same request may succeed later (throttling, an
+outage); event-driven callers use it to decide between redelivery and a final
+``failed`` result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class AppError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, param: str | None = None,
+                 retry_after: float | None = None, retryable: bool = False,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+        self.retryable = retryable
+        self.details = details or {}
+        # For the invocation's log line, not the caller.
+        self.attempts = 0
+        self.upstream_ms: float | None = None
+
+    def body(self, request_id: str) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.param is not None:
+            error["param"] = self.param
+        error.update(self.details)
+        error["request_id"] = request_id
+        return {"error": error}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+    def __repr__(self) -> str:
+        return f"AppError({self.status}, {self.code!r})"
+
+
+def invalid_request(message: str, param: str | None = None) -> AppError:
+    return AppError(400, "invalid_request", message, param=param)
+
+
+def not_configured(names: list[str]) -> AppError:
+    return AppError(503, "not_configured",
+                    "The app is not configured: missing or invalid settings: " + ", ".join(names),
+                    details={"settings": names})
+
+
+def credential_unavailable() -> AppError:
+    return AppError(503, "credential_unavailable",
+                    "Could not obtain a managed-identity token for Azure OpenAI.", retryable=True)
+
+
+def internal_error() -> AppError:
+    return AppError(500, "internal_error", "An unexpected error occurred; quote the request id.", retryable=True)

@@ -1,0 +1,89 @@
+"""The requests sessions openai 0.28 uses, with our auth hook attached.
+
+openai 0.28 keeps one ``requests.Session`` per thread, built from
+``openai.requestssession``, and closes and rebuilds it every 180 s. A single
+shared Session instance (what the seed guide sets) would be used by every
+thread and closed under all of them, so we install a *factory* instead.
+
+The hook itself cannot live on the session alone: sessions outlive a call and
+are shared by every call on their thread. So each session carries a thin
+dispatcher, and the auth of the call in progress is held in a context variable
+set around that call (``call_auth``). openai calls are synchronous, so the
+variable is exactly the current call's. Key-auth calls set nothing and openai's
+own ``api-key`` header stands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from typing import Iterator
+
+import openai
+import requests
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
+
+from .credentials import TokenCache
+from .retry import Deadline
+
+_current_auth: ContextVar[AuthBase | None] = ContextVar("openai_call_auth", default=None)
+
+
+class BearerTokenAuth(AuthBase):
+    """``Authorization: Bearer <token>`` from the process-wide token cache.
+
+    The seed guide's ``TokenRefresh``, made safe for many threads: the cache
+    refreshes once for all of them, and the deadline bounds the wait.
+    """
+
+    def __init__(self, tokens: TokenCache, deadline: Deadline) -> None:
+        self._tokens = tokens
+        self._deadline = deadline
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._tokens.get(self._deadline)}"
+        request.headers.pop("api-key", None)
+        return request
+
+
+class _CallAuth(AuthBase):
+    """Session-level hook: applies the current call's auth, if any."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        auth = _current_auth.get()
+        return auth(request) if auth is not None else request
+
+
+def new_session() -> requests.Session:
+    """A session for one openai thread: our auth hook, no transport-level retries
+    (the client's retry policy owns retries, within the deadline)."""
+    session = requests.Session()
+    session.auth = _CallAuth()
+    adapter = HTTPAdapter(max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def install() -> None:
+    """Make openai build its per-thread sessions with ``new_session``.
+
+    The one piece of module-global openai state this app sets; everything else
+    is passed per call. Idempotent.
+    """
+    if openai.requestssession is not new_session:
+        openai.requestssession = new_session
+
+
+@contextlib.contextmanager
+def call_auth(auth: AuthBase | None) -> Iterator[None]:
+    """Apply ``auth`` to the openai requests made inside this block (this thread only)."""
+    token = _current_auth.set(auth)
+    try:
+        yield
+    finally:
+        _current_auth.reset(token)
+
+
+install()

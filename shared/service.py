@@ -1,0 +1,145 @@
+"""The completion pipeline every trigger shares: validate, call upstream, shape, log.
+
+One ``CompletionService`` per process holds the settings, the credential and
+its token cache. It never raises to its caller: every request ends as an
+``Outcome`` (a status, a JSON body, headers), and as one log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .completion_client import CompletionClient, UpstreamResult
+from .credentials import TokenCache, build_credential
+from .errors import AppError, internal_error, not_configured
+from .retry import Deadline
+from .settings import Limits, Settings, SettingsError, load_settings
+from .validation import parse_json_body, validate_completion_request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    error: AppError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+class CompletionService:
+    def __init__(self, settings: Settings | None, client: CompletionClient | None,
+                 problems: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self._client = client
+        self._problems = dict(problems or {})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "CompletionService":
+        # openai 0.28 logs whole request bodies (prompts) at DEBUG; keep them out of the
+        # logs unless the operator asked for text logging.
+        logging.getLogger("openai").setLevel(logging.DEBUG if settings.log_text else logging.INFO)
+        tokens = None
+        if settings.upstream.auth != "key":
+            try:
+                credential = build_credential(settings.upstream, settings.retry)
+            except Exception as exc:  # noqa: BLE001 - reported as a settings problem, never at import
+                log.error("could not create the %s credential: %s", settings.upstream.auth, type(exc).__name__)
+                return cls(None, None, {"AZURE_OPENAI_AUTH": "could not create the credential"})
+            tokens = TokenCache(credential, settings.upstream.token_scope)
+        return cls(settings, CompletionClient(settings.upstream, settings.retry, tokens))
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "CompletionService":
+        """The service for this process's settings; unconfigured (answering 503) when they are invalid."""
+        try:
+            settings = load_settings(os.environ if environ is None else environ)
+        except SettingsError as exc:
+            log.error("the app is not configured: %s", exc)  # names and reasons only, never values
+            return cls(None, None, exc.problems)
+        return cls.from_settings(settings)
+
+    # -- requests ------------------------------------------------------------
+    def complete(self, request: bytes | Any, request_id: str, *, source: str = "http") -> Outcome:
+        """Run one completion. ``request`` is the raw body, or an already-decoded JSON document."""
+        started = time.perf_counter()
+        result: UpstreamResult | None = None
+        params: dict[str, Any] = {}
+        try:
+            settings = self._configured()
+            deadline = Deadline(settings.retry.deadline)
+            data = parse_json_body(request, settings.limits) if isinstance(request, (bytes, bytearray)) else request
+            params = validate_completion_request(data, settings.limits)
+            assert self._client is not None
+            result = self._client.complete(params, deadline, request_id)
+            outcome = Outcome(200, shape_response(result.response, settings.upstream.deployment))
+        except AppError as exc:
+            outcome = Outcome(exc.status, exc.body(request_id), exc.headers(), exc)
+        except Exception:  # noqa: BLE001 - the caller gets a coded 500, the log gets the traceback
+            log.exception("completion request_id=%s failed unexpectedly", request_id)
+            error = internal_error()
+            outcome = Outcome(error.status, error.body(request_id), error.headers(), error)
+        self._log(outcome, result, params, request_id, source, started)
+        return outcome
+
+    def decode(self, body: bytes) -> Any:
+        """The JSON document in ``body`` (AppError 413/400 when too large or not JSON)."""
+        return parse_json_body(body, self.settings.limits if self.settings else Limits())
+
+    def health(self) -> Outcome:
+        if self.settings is None:
+            return Outcome(503, {"status": "not_configured", "settings": self._problems})
+        upstream = self.settings.upstream
+        return Outcome(200, {"status": "ok", "deployment": upstream.deployment,
+                             "api_version": upstream.api_version, "auth": upstream.auth})
+
+    def _configured(self) -> Settings:
+        if self.settings is None:
+            raise not_configured(sorted(self._problems))
+        return self.settings
+
+    def _log(self, outcome: Outcome, result: UpstreamResult | None, params: dict[str, Any],
+             request_id: str, source: str, started: float) -> None:
+        error = outcome.error
+        usage = outcome.body.get("usage", {}) if outcome.ok else {}
+        attempts = result.attempts if result else (error.attempts if error else 0)
+        upstream_ms = result.upstream_ms if result else (error.upstream_ms if error else None)
+        log.info(
+            "completion request_id=%s source=%s deployment=%s status=%d code=%s attempts=%d upstream_ms=%s "
+            "prompt_tokens=%s completion_tokens=%s total_tokens=%s duration_ms=%.1f",
+            request_id, source, self.settings.upstream.deployment if self.settings else "-", outcome.status,
+            error.code if error else "ok", attempts, f"{upstream_ms:.1f}" if upstream_ms is not None else "-",
+            usage.get("prompt_tokens", "-"), usage.get("completion_tokens", "-"), usage.get("total_tokens", "-"),
+            (time.perf_counter() - started) * 1000)
+        if self.settings is not None and self.settings.log_text and params:
+            log.info("completion text request_id=%s prompt=%r completions=%r", request_id, params.get("prompt"),
+                     [choice["text"] for choice in outcome.body.get("choices", [])])
+
+
+def shape_response(upstream: dict[str, Any], deployment: str) -> dict[str, Any]:
+    """The app's 200 body: the upstream's fields the contract names, plus ``deployment`` and ``text``."""
+    choices = []
+    for choice in upstream["choices"]:
+        shaped = {"index": choice.get("index"), "text": choice.get("text", ""),
+                  "finish_reason": choice.get("finish_reason"), "logprobs": choice.get("logprobs")}
+        if "content_filter_results" in choice:
+            shaped["content_filter_results"] = choice["content_filter_results"]
+        choices.append(shaped)
+    usage = upstream["usage"]
+    body = {
+        "id": upstream.get("id"), "object": "text_completion", "created": upstream.get("created"),
+        "model": upstream.get("model"), "deployment": deployment,
+        "text": choices[0]["text"] if choices else "", "choices": choices,
+        "usage": {name: usage.get(name, 0) for name in ("prompt_tokens", "completion_tokens", "total_tokens")},
+    }
+    if "prompt_filter_results" in upstream:
+        body["prompt_filter_results"] = upstream["prompt_filter_results"]
+    return body

@@ -1,0 +1,231 @@
+"""Application settings: read from the environment once per process, validated.
+
+Azure Functions exposes app settings (and ``local.settings.json`` ``Values``
+locally) as environment variables. Errors name the setting but never echo its
+value: a value may be a key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urlsplit
+
+AUTH_MODES = ("managed_identity", "default", "key")
+DEFAULT_API_VERSION = "2024-10-21"
+DEFAULT_TOKEN_SCOPE = "https://cognitiveservices.azure.com/.default"
+# Azure's HTTP front end cuts any response at 230 s, whatever functionTimeout says.
+FRONT_END_LIMIT_SECONDS = 230.0
+HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
+
+# The seed guide's names, accepted when ours are absent.
+SEED_FALLBACKS = {
+    "AZURE_OPENAI_ENDPOINT": "OPENAI_API_BASE",
+    "AZURE_OPENAI_API_KEY": "OPENAI_API_KEY",
+    "AZURE_OPENAI_API_VERSION": "OPENAI_API_VERSION",
+}
+SEED_API_TYPES = {"azure": "key", "azure_ad": "managed_identity", "azuread": "managed_identity"}
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """Where and how to reach the Azure OpenAI completion deployment."""
+
+    endpoint: str  # without trailing slash: openai appends "/openai/deployments/..."
+    deployment: str
+    api_version: str
+    auth: str
+    api_key: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    token_scope: str = DEFAULT_TOKEN_SCOPE
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0  # per attempt
+    max_retries: int = 3
+    deadline: float = 120.0  # whole invocation
+    max_concurrency: int = 32  # upstream calls in flight per instance
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_body_bytes: int = 1024 * 1024
+    max_prompts: int = 16
+    max_tokens: int = 1024
+    max_n: int = 10
+    max_best_of: int = 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    upstream: UpstreamSettings
+    retry: RetrySettings = RetrySettings()
+    limits: Limits = Limits()
+    log_text: bool = False
+
+
+@dataclass(frozen=True)
+class QueueNames:
+    """Queue names for the event-driven functions (binding metadata, read at indexing)."""
+
+    requests: str = "completion-requests"
+    results: str = "completion-results"
+
+    @property
+    def poison(self) -> str:
+        return f"{self.requests}-poison"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> "QueueNames":
+        return cls(environ.get("COMPLETIONS_REQUEST_QUEUE") or cls.requests,
+                   environ.get("COMPLETIONS_RESULT_QUEUE") or cls.results)
+
+
+class SettingsError(Exception):
+    """One or more settings are missing or invalid; ``problems`` maps name -> reason."""
+
+    def __init__(self, problems: dict[str, str]):
+        self.problems = problems
+        super().__init__("; ".join(f"{name} {reason}" for name, reason in problems.items()))
+
+
+def function_timeout_seconds(host_json: Path = HOST_JSON) -> float | None:
+    """host.json's ``functionTimeout`` in seconds; None when unset, unlimited or unreadable."""
+    try:
+        value = json.loads(host_json.read_text()).get("functionTimeout")
+    except (OSError, ValueError, AttributeError):
+        return None
+    match = re.fullmatch(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})", str(value or ""))
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+class _Reader:
+    """Reads settings from a mapping, collecting problems instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self.environ = environ
+        self.problems: dict[str, str] = {}
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.environ.get(name)
+        if value is None or not value.strip():
+            fallback = SEED_FALLBACKS.get(name)
+            value = self.environ.get(fallback) if fallback else None
+        value = value.strip() if value else None
+        return value or default
+
+    def number(self, name: str, default: float, *, low: float, high: float | None = None,
+               integer: bool = False) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            self.problems[name] = f"must be {'an integer' if integer else 'a number'}"
+            return default
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+            self.problems[name] = f"must be {bounds}"
+            return default
+        return value
+
+    def flag(self, name: str) -> bool:
+        raw = (self.text(name) or "false").lower()
+        if raw not in ("true", "false", "1", "0", "yes", "no"):
+            self.problems[name] = "must be true or false"
+        return raw in ("true", "1", "yes")
+
+
+def _auth_mode(read: _Reader) -> str:
+    explicit = read.text("AZURE_OPENAI_AUTH")
+    if explicit is not None:
+        if explicit.lower() not in AUTH_MODES:
+            read.problems["AZURE_OPENAI_AUTH"] = f"must be one of {', '.join(AUTH_MODES)}"
+            return "managed_identity"
+        return explicit.lower()
+    seed_type = read.text("OPENAI_API_TYPE")
+    if seed_type is not None:
+        if seed_type.lower() not in SEED_API_TYPES:
+            read.problems["OPENAI_API_TYPE"] = "must be azure or azure_ad"
+            return "managed_identity"
+        return SEED_API_TYPES[seed_type.lower()]
+    return "managed_identity"
+
+
+def _endpoint(read: _Reader) -> str:
+    endpoint = read.text("AZURE_OPENAI_ENDPOINT")
+    if endpoint is None:
+        read.problems["AZURE_OPENAI_ENDPOINT"] = "is required"
+        return ""
+    url = urlsplit(endpoint)
+    loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
+    if url.scheme not in ("https", "http") or not url.hostname or (url.scheme == "http" and not loopback):
+        read.problems["AZURE_OPENAI_ENDPOINT"] = "must be an https:// URL (http:// only for localhost)"
+    elif url.query or url.fragment:
+        read.problems["AZURE_OPENAI_ENDPOINT"] = "must not have a query or fragment"
+    return endpoint.rstrip("/")
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *,
+                  function_timeout: Callable[[], float | None] = function_timeout_seconds) -> Settings:
+    """Settings from ``environ`` (default: the process environment); raises SettingsError."""
+    read = _Reader(os.environ if environ is None else environ)
+    auth = _auth_mode(read)
+    endpoint = _endpoint(read)
+    deployment = read.text("AZURE_OPENAI_DEPLOYMENT")
+    if deployment is None:
+        read.problems["AZURE_OPENAI_DEPLOYMENT"] = "is required"
+    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", deployment):
+        read.problems["AZURE_OPENAI_DEPLOYMENT"] = "must be a deployment name (letters, digits, . _ -)"
+    api_version = read.text("AZURE_OPENAI_API_VERSION", DEFAULT_API_VERSION)
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(-preview)?", api_version or ""):
+        read.problems["AZURE_OPENAI_API_VERSION"] = "must look like 2024-10-21"
+    api_key = read.text("AZURE_OPENAI_API_KEY")
+    if auth == "key" and api_key is None:
+        read.problems["AZURE_OPENAI_API_KEY"] = "is required when AZURE_OPENAI_AUTH is key"
+
+    deadline_cap = FRONT_END_LIMIT_SECONDS
+    host_timeout = function_timeout()
+    if host_timeout is not None:
+        deadline_cap = min(deadline_cap, host_timeout)
+    retry = RetrySettings(
+        connect_timeout=read.number("AZURE_OPENAI_CONNECT_TIMEOUT", RetrySettings.connect_timeout, low=0.1, high=60),
+        read_timeout=read.number("AZURE_OPENAI_TIMEOUT", RetrySettings.read_timeout, low=0.1, high=600),
+        max_retries=int(read.number("AZURE_OPENAI_MAX_RETRIES", RetrySettings.max_retries, low=0, high=10,
+                                    integer=True)),
+        deadline=read.number("AZURE_OPENAI_DEADLINE", min(RetrySettings.deadline, deadline_cap), low=0.5),
+        max_concurrency=int(read.number("AZURE_OPENAI_MAX_CONCURRENCY", RetrySettings.max_concurrency,
+                                        low=1, high=1024, integer=True)),
+    )
+    if retry.deadline >= deadline_cap and "AZURE_OPENAI_DEADLINE" not in read.problems:
+        where = "host.json functionTimeout" if deadline_cap < FRONT_END_LIMIT_SECONDS else "Azure's 230 s HTTP limit"
+        read.problems["AZURE_OPENAI_DEADLINE"] = f"must stay under {where} ({deadline_cap:g} s)"
+    limits = Limits(
+        max_body_bytes=int(read.number("COMPLETIONS_MAX_BODY_BYTES", Limits.max_body_bytes, low=1024,
+                                       high=64 * 1024 * 1024, integer=True)),
+        max_prompts=int(read.number("COMPLETIONS_MAX_PROMPTS", Limits.max_prompts, low=1, high=2048, integer=True)),
+        max_tokens=int(read.number("COMPLETIONS_MAX_TOKENS", Limits.max_tokens, low=1, high=128_000, integer=True)),
+        max_n=int(read.number("COMPLETIONS_MAX_N", Limits.max_n, low=1, high=128, integer=True)),
+        max_best_of=int(read.number("COMPLETIONS_MAX_BEST_OF", Limits.max_best_of, low=1, high=20, integer=True)),
+    )
+    log_text = read.flag("COMPLETIONS_LOG_TEXT")
+    if read.problems:
+        raise SettingsError(read.problems)
+    return Settings(
+        upstream=UpstreamSettings(endpoint=endpoint, deployment=deployment or "", api_version=api_version or "",
+                                  auth=auth, api_key=api_key, client_id=read.text("AZURE_CLIENT_ID"),
+                                  token_scope=read.text("AZURE_OPENAI_TOKEN_SCOPE", DEFAULT_TOKEN_SCOPE) or ""),
+        retry=retry, limits=limits, log_text=log_text)

@@ -1,0 +1,60 @@
+"""Logs: one line per invocation; no key, token or identity secret ever; text only on request."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import requests
+
+from app_client import SEED, post_completions
+
+
+def _all_logs(caplog) -> str:
+    return "\n".join(record.getMessage() for record in caplog.records)
+
+
+def test_logs_never_contain_keys_tokens_or_the_identity_secret(configure_app, emulators, caplog):
+    requests.post(emulators.identity.base_url + "/_emulator/config", json={"token_lifetime": 302},
+                  timeout=5).raise_for_status()
+    with caplog.at_level(logging.DEBUG):
+        configure_app()
+        assert post_completions(SEED).status == 200
+        time.sleep(2.2)  # past the refresh margin: a second token request
+        assert post_completions(SEED).status == 200
+        configure_app(auth="key")
+        assert post_completions(SEED).status == 200
+        configure_app(auth="key", AZURE_OPENAI_API_KEY="wrong-key-value-123", AZURE_OPENAI_MAX_RETRIES="0")
+        assert post_completions(SEED).status == 502
+    text = _all_logs(caplog)
+    assert emulators.openai.api_key not in text
+    assert "wrong-key-value-123" not in text
+    assert emulators.identity.header not in text
+    assert "eyJ" not in text  # any JWT starts with a base64 '{"'
+    assert text.count("completion request_id=") == 4
+
+
+def test_one_line_per_invocation_with_the_facts(configure_app, caplog):
+    configure_app()
+    with caplog.at_level(logging.INFO, logger="shared.service"):
+        reply = post_completions(SEED, headers={"x-request-id": "req-42"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "shared.service"]
+    assert len(lines) == 1
+    line = lines[0]
+    usage = reply.body["usage"]
+    for fact in ("request_id=req-42", "deployment=gpt-35-turbo-instruct", "status=200", "attempts=1",
+                 f"prompt_tokens={usage['prompt_tokens']}", f"completion_tokens={usage['completion_tokens']}",
+                 "upstream_ms="):
+        assert fact in line
+
+
+def test_prompt_and_completion_text_are_logged_only_when_asked(configure_app, caplog):
+    configure_app()
+    with caplog.at_level(logging.DEBUG):
+        reply = post_completions(SEED)
+    assert SEED["prompt"] not in _all_logs(caplog) and reply.body["text"] not in _all_logs(caplog)
+    caplog.clear()
+    configure_app(COMPLETIONS_LOG_TEXT="true")
+    with caplog.at_level(logging.DEBUG):
+        reply = post_completions(SEED)
+    assert SEED["prompt"] in _all_logs(caplog) and reply.body["text"] in _all_logs(caplog)
