@@ -190,6 +190,7 @@ class OpenAIState:
         self.faults = FaultQueue()
         self.sleeper = Sleeper()
         self._lock = threading.Lock()
+        self.received = 0  # completion requests that arrived (answered or not yet)
         self.by_status: Counter[str] = Counter()
         self.auth_modes: Counter[str] = Counter()
         self.bearer_tokens: set[str] = set()
@@ -198,6 +199,10 @@ class OpenAIState:
     def count(self, status: int | str) -> None:
         with self._lock:
             self.by_status[str(status)] += 1
+
+    def arrived(self) -> None:
+        with self._lock:
+            self.received += 1
 
     def saw(self, auth_mode: str, token: str | None, client_request_id: str | None) -> None:
         with self._lock:
@@ -210,7 +215,7 @@ class OpenAIState:
     def snapshot(self) -> dict:
         with self._lock:
             stats = {
-                "completion_requests": sum(self.by_status.values()),
+                "completion_requests": self.received,
                 "requests_by_status": dict(self.by_status),
                 "auth_modes": dict(self.auth_modes),
                 "distinct_bearer_tokens": len(self.bearer_tokens),
@@ -228,6 +233,7 @@ class OpenAIState:
         self.faults.clear()
         self.sleeper.interrupt()
         with self._lock:
+            self.received = 0
             self.by_status.clear()
             self.auth_modes.clear()
             self.bearer_tokens.clear()
@@ -306,6 +312,7 @@ class OpenAIHandler(Handler):
 
     # -- the completions operation ----------------------------------------
     def _completions(self, deployment: str, query: dict[str, list[str]]) -> None:
+        self.state.arrived()
         try:
             raw_body = self.read_body()
         except ValueError:

@@ -1,0 +1,264 @@
+"""Resilience against the emulators' injected faults, over real sockets.
+
+Each row of the fault matrix asserts the final status and code, the number of
+upstream attempts (from the emulator's own counter) and bounds on elapsed time.
+Time bounds are generous: these machines are shared.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from app_client import SEED, post_completions
+
+FAST = {"AZURE_OPENAI_TIMEOUT": "0.5", "AZURE_OPENAI_CONNECT_TIMEOUT": "0.5", "AZURE_OPENAI_DEADLINE": "6"}
+SLACK = 1.5  # seconds of scheduling noise tolerated on top of a bound
+
+
+def inject(emulators, *faults) -> None:
+    requests.post(emulators.openai.base_url + "/_emulator/faults", json=list(faults), timeout=5).raise_for_status()
+
+
+def upstream_attempts(emulators) -> int:
+    return requests.get(emulators.openai.base_url + "/_emulator/stats", timeout=5).json()["completion_requests"]
+
+
+def timed(body=SEED):
+    started = time.monotonic()
+    reply = post_completions(body)
+    return reply, time.monotonic() - started
+
+
+def assert_outcome(reply, status: int, code: str | None = None) -> None:
+    assert reply.status == status, reply.body
+    if code is not None:
+        assert reply.body["error"]["code"] == code
+
+
+# -- 429 and Retry-After -----------------------------------------------------------
+def test_429_with_retry_after_once_then_success(configure_app, emulators):
+    configure_app(**FAST)
+    inject(emulators, {"status": 429, "retry_after": 1})
+    reply, elapsed = timed()
+    assert_outcome(reply, 200)
+    assert upstream_attempts(emulators) == 2
+    assert 1.0 <= elapsed < 1.0 + SLACK
+
+
+def test_retry_after_ms_is_honoured_and_preferred(configure_app, emulators):
+    configure_app(**FAST)
+    inject(emulators, {"status": 429, "retry_after": 5, "retry_after_ms": 1200})
+    reply, elapsed = timed()
+    assert_outcome(reply, 200)
+    assert upstream_attempts(emulators) == 2
+    assert 1.2 <= elapsed < 1.2 + SLACK  # not the 5 s of the coarser header
+
+
+def test_429_every_time_gives_429_with_retry_after_after_max_retries(configure_app, emulators):
+    configure_app(**FAST, AZURE_OPENAI_MAX_RETRIES="2")
+    inject(emulators, *[{"status": 429, "retry_after_ms": 100}] * 3)
+    reply, elapsed = timed()
+    assert_outcome(reply, 429, "rate_limited")
+    assert reply.headers["Retry-After"] == "1"
+    assert upstream_attempts(emulators) == 3  # MAX_RETRIES + 1
+    assert elapsed < 0.2 + SLACK
+
+
+def test_retry_after_beyond_the_deadline_returns_429_at_once(configure_app, emulators):
+    configure_app(**{**FAST, "AZURE_OPENAI_DEADLINE": "5"})
+    inject(emulators, {"status": 429, "retry_after": 600})
+    reply, elapsed = timed()
+    assert_outcome(reply, 429, "rate_limited")
+    assert reply.headers["Retry-After"] == "600"
+    assert upstream_attempts(emulators) == 1
+    assert elapsed < 1.0
+
+
+def test_429_without_retry_after_backs_off_and_still_answers_with_one(configure_app, emulators):
+    configure_app(**FAST, AZURE_OPENAI_MAX_RETRIES="0")
+    inject(emulators, {"status": 429})
+    reply, _ = timed()
+    assert_outcome(reply, 429, "rate_limited")
+    assert reply.headers["Retry-After"] == "1"
+
+
+# -- transient failures once, then every time -----------------------------------------
+TRANSIENT = {
+    "500": ({"status": 500}, 502, "upstream_error"),
+    "502": ({"status": 502}, 502, "upstream_error"),
+    "503": ({"status": 503}, 503, "upstream_unavailable"),
+    "504": ({"status": 504}, 504, "upstream_timeout"),
+    "dropped connection": ({"drop": True}, 502, "upstream_unreachable"),
+    "non-JSON body": ({"status": 200, "raw": "not json"}, 502, "upstream_bad_response"),
+    "JSON of the wrong shape": ({"status": 200, "raw": "{\"choices\": 3}"}, 502, "upstream_bad_response"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRANSIENT))
+def test_transient_failure_once_then_success(configure_app, emulators, case):
+    configure_app(**FAST)
+    inject(emulators, TRANSIENT[case][0])
+    reply, elapsed = timed()
+    assert_outcome(reply, 200)
+    assert upstream_attempts(emulators) == 2
+    assert elapsed < 0.5 + SLACK  # first backoff is at most 0.5 s
+
+
+@pytest.mark.parametrize("case", list(TRANSIENT))
+def test_transient_failure_every_time(configure_app, emulators, case):
+    fault, status, code = TRANSIENT[case]
+    configure_app(**FAST, AZURE_OPENAI_MAX_RETRIES="2")
+    inject(emulators, *[fault] * 3)
+    reply, elapsed = timed()
+    assert_outcome(reply, status, code)
+    assert upstream_attempts(emulators) == 3
+    assert elapsed < 0.5 + 1.0 + SLACK  # two backoffs of at most 0.5 and 1 s
+
+
+# -- slow upstream and the deadline ----------------------------------------------------
+def test_a_response_slower_than_the_attempt_timeout_is_retried(configure_app, emulators):
+    configure_app(**FAST)
+    inject(emulators, {"delay_ms": 2000})
+    reply, elapsed = timed()
+    assert_outcome(reply, 200)
+    assert upstream_attempts(emulators) == 2
+    assert 0.5 <= elapsed < 1.0 + SLACK
+
+
+def test_every_attempt_slow_is_504_within_the_deadline(configure_app, emulators):
+    configure_app(**{**FAST, "AZURE_OPENAI_DEADLINE": "2.5", "AZURE_OPENAI_MAX_RETRIES": "10"})
+    inject(emulators, *[{"delay_ms": 3000}] * 12)
+    reply, elapsed = timed()
+    assert_outcome(reply, 504, "upstream_timeout")
+    assert upstream_attempts(emulators) >= 2
+    assert elapsed < 2.5 + SLACK
+
+
+def test_each_attempt_timeout_shrinks_to_the_deadline(configure_app, emulators):
+    configure_app(AZURE_OPENAI_TIMEOUT="30", AZURE_OPENAI_DEADLINE="1", AZURE_OPENAI_MAX_RETRIES="0")
+    inject(emulators, {"delay_ms": 5000})
+    reply, elapsed = timed()
+    assert_outcome(reply, 504, "upstream_timeout")
+    assert elapsed < 1 + SLACK  # not the 30 s per-attempt timeout
+
+
+def test_409_does_not_loop(configure_app, emulators):
+    configure_app(**FAST)
+    inject(emulators, {"status": 409}, {"status": 409}, {"status": 409})
+    reply, elapsed = timed()
+    assert_outcome(reply, 502, "upstream_error")
+    assert upstream_attempts(emulators) == 1
+    assert elapsed < SLACK
+
+
+# -- final 4xx are never retried ---------------------------------------------------------
+def test_content_filter_is_not_retried(configure_app, emulators):
+    configure_app(**FAST)
+    reply, _ = timed({"prompt": "trip the content filter"})
+    assert_outcome(reply, 400, "content_filter")
+    assert upstream_attempts(emulators) == 1
+
+
+def test_upstream_validation_400_is_not_retried(configure_app, emulators):
+    configure_app(**FAST)
+    reply, _ = timed({"prompt": "word " * 4090, "max_tokens": 100})
+    assert_outcome(reply, 400, "upstream_rejected")
+    assert upstream_attempts(emulators) == 1
+
+
+# -- the identity endpoint ---------------------------------------------------------------
+def identity(emulators, **config) -> None:
+    requests.post(emulators.identity.base_url + "/_emulator/config", json=config, timeout=5).raise_for_status()
+
+
+@pytest.mark.parametrize("outage", ["error", "stall"])
+def test_identity_endpoint_down_is_503_within_the_deadline(configure_app, emulators, outage):
+    identity(emulators, outage=outage)
+    configure_app(**{**FAST, "AZURE_OPENAI_DEADLINE": "2"})
+    reply, elapsed = timed()
+    assert_outcome(reply, 503, "credential_unavailable")
+    assert elapsed < 2 + SLACK
+    assert upstream_attempts(emulators) == 0
+
+
+def test_identity_endpoint_refusing_connections_is_503(configure_app, emulators):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    configure_app(**{**FAST, "AZURE_OPENAI_DEADLINE": "2"},
+                  IDENTITY_ENDPOINT=f"http://127.0.0.1:{closed_port}/msi/token")
+    reply, elapsed = timed()
+    assert_outcome(reply, 503, "credential_unavailable")
+    assert elapsed < 2 + SLACK
+
+
+def test_identity_blip_is_retried_within_the_deadline(configure_app, emulators):
+    requests.post(emulators.identity.base_url + "/_emulator/faults", json=[{"drop": True}],
+                  timeout=5).raise_for_status()
+    configure_app(**FAST)
+    reply, _ = timed()
+    assert_outcome(reply, 200)
+
+
+def test_identity_endpoint_down_while_a_valid_token_is_cached(configure_app, emulators):
+    configure_app(**FAST)
+    assert post_completions(SEED).status == 200
+    identity(emulators, outage="error")
+    reply, _ = timed()
+    assert_outcome(reply, 200)
+
+
+# -- concurrency cap ---------------------------------------------------------------------
+def _latency(emulators, ms: int) -> None:
+    requests.post(emulators.openai.base_url + "/_emulator/config", json={"latency_ms": ms},
+                  timeout=5).raise_for_status()
+
+
+def test_concurrency_cap_queues_calls_beyond_it(configure_app, emulators):
+    _latency(emulators, 400)
+    configure_app(AZURE_OPENAI_TIMEOUT="5", AZURE_OPENAI_MAX_CONCURRENCY="2")
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        assert [r.status for r in pool.map(lambda _: post_completions(SEED), range(4))] == [200] * 4
+    assert time.monotonic() - started >= 0.8  # two waves of two
+
+
+def test_concurrency_cap_sheds_with_503_when_no_slot_frees_in_time(configure_app, emulators):
+    _latency(emulators, 2000)
+    configure_app(AZURE_OPENAI_TIMEOUT="5", AZURE_OPENAI_DEADLINE="1", AZURE_OPENAI_MAX_CONCURRENCY="2")
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: post_completions(SEED), range(4)))
+    assert sorted(r.status for r in replies) == [503, 503, 504, 504]
+    shed = [r for r in replies if r.status == 503]
+    assert all(r.body["error"]["code"] == "overloaded" and r.headers["Retry-After"] == "1" for r in shed)
+    assert upstream_attempts(emulators) == 2
+
+
+# -- soak ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_soak_2000_requests_32_threads_expiring_tokens_and_10_percent_faults(configure_app, emulators):
+    lifetime = 303  # 3 s fresh, then refreshed: many refreshes during the run
+    identity(emulators, token_lifetime=lifetime)
+    pattern = [{"status": 429, "retry_after_ms": 20}] + [{"delay_ms": 1}] * 4 + [{"status": 503}] + \
+        [{"delay_ms": 1}] * 14  # 2 in 20 fail: 10 %
+    inject(emulators, *(pattern * 130))
+    configure_app(AZURE_OPENAI_TIMEOUT="5", AZURE_OPENAI_DEADLINE="20")
+    started = time.monotonic()
+    with ThreadPoolExecutor(32) as pool:
+        replies = list(pool.map(lambda _: post_completions(SEED), range(2000)))
+    duration = time.monotonic() - started
+    assert len(replies) == 2000
+    statuses = [r.status for r in replies]
+    assert 500 not in statuses
+    for reply in replies:  # nothing lost: an answer, or a coded error
+        assert reply.status == 200 or reply.body["error"]["code"] in ("rate_limited", "upstream_unavailable")
+    assert statuses.count(200) >= 1990
+    tokens = requests.get(emulators.openai.base_url + "/_emulator/stats", timeout=5).json()["tokens_issued"]
+    expected = duration / (lifetime - 300)
+    assert tokens <= expected + 3, (tokens, duration)
+    assert tokens >= max(1, expected - 3), (tokens, duration)
