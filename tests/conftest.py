@@ -133,3 +133,12 @@ def configure_app(emulators, monkeypatch):
         return service
 
     return configure
+
+
+@pytest.fixture(scope="session")
+def declared_functions():
+    """The app's functions, by name. ``get_functions()`` may be called once per app
+    instance, so the whole session shares this one call."""
+    import function_app
+
+    return {function.get_function_name(): function for function in function_app.app.get_functions()}
