@@ -95,16 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("openai", "identity"), default=None,
                         help="start just one of the two")
     args = parser.parse_args(argv)
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C included: stop cleanly, whenever it comes
+        signal.signal(signum, lambda *_: stopped.set())
     emulators = Emulators.start(args.host, args.port, latency_ms=args.latency_ms,
                                 token_lifetime=args.token_lifetime, api_key=args.api_key,
                                 token_secret=args.token_secret, only=args.only)
     print(json.dumps(emulators.describe()), flush=True)
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    try:
-        stopped.wait()
-    except KeyboardInterrupt:
-        pass
+    stopped.wait()
     emulators.stop()
     return 0
 

@@ -234,15 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(args.app_dir))
     app = importlib.import_module("function_app").app
     routes, skipped = http_routes(app.get_functions(), route_prefix(args.app_dir / "host.json"))
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C included: stop cleanly, whenever it comes
+        signal.signal(signum, lambda *_: stopped.set())
     host = DevHost(routes, args.host, args.port).start()
     print(banner(host, skipped, emulators), flush=True)
-
-    stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    try:
-        stopped.wait()
-    except KeyboardInterrupt:
-        pass
+    stopped.wait()
     host.stop()
     if emulators is not None:
         emulators.stop()

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # openai 0.28 requires a key even when the session's auth hook supplies the token.
 TOKEN_MODE_PLACEHOLDER_KEY = "unused-token-auth"
+# An attempt with less time than this is not worth starting.
+MIN_ATTEMPT_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -80,23 +82,19 @@ class CompletionClient:
             except (AppError, openai.error.OpenAIError) as exc:
                 upstream_seconds += time.perf_counter() - started
                 failure = exc if isinstance(exc, AppError) else upstream_error(exc)
-                failure.upstream_ms = upstream_seconds * 1000
-            failure.attempts = attempt
+                failure.attempts, failure.upstream_ms = attempt, upstream_seconds * 1000
             if not failure.retryable or attempt > self._retry.max_retries:
                 raise _final(failure)
             advised = failure.retry_after
             wait = advised if advised is not None else backoff_seconds(attempt)
-            if wait >= deadline.remaining():
-                raise _final(failure)
+            if wait + MIN_ATTEMPT_SECONDS >= deadline.remaining():
+                raise _final(failure)  # no time left for another useful attempt: say why now
             log.warning("upstream attempt %d failed (%s, HTTP %d); retrying in %.2f s",
                         attempt, failure.code, failure.status, wait)
             self._sleep(wait)
 
     def _attempt(self, params: dict[str, Any], deadline: Deadline, request_id: str) -> dict[str, Any]:
-        remaining = deadline.remaining()
-        if remaining <= 0.01:
-            raise AppError(504, "upstream_timeout", "Azure OpenAI did not answer within the deadline.",
-                           retryable=True)
+        remaining = max(deadline.remaining(), MIN_ATTEMPT_SECONDS)
         auth = None if self._tokens is None else BearerTokenAuth(self._tokens, deadline)
         with call_auth(auth):
             response = openai.Completion.create(
