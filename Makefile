@@ -2,24 +2,33 @@
 # make test  - the whole test suite
 # make lint  - azure-functions-doctor on host.json / function_app.py
 # make bench - benchmarks, written to docs/benchmarks.md
+# make azurite / make enqueue REQUEST='{...}' - local Storage, and a sample queue producer
 # Each target creates .venv and installs requirements*.txt when needed.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# Azurite (npm) for the queue wire-format test and local func start; only where Node.js is installed.
+AZURITE_DIR := devserver/azurite
+AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite
+TEST_NEEDS := $(INSTALLED) $(if $(shell command -v npm 2>/dev/null),$(AZURITE))
 
-.PHONY: run test lint bench emulators clean
+.PHONY: run test lint bench emulators azurite enqueue clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+$(AZURITE): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json
+	npm ci --prefix $(AZURITE_DIR) --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: $(INSTALLED)
 	$(BIN)/python -m devserver $(ARGS)
 
-test: $(INSTALLED)
+test: $(TEST_NEEDS)
 	$(BIN)/python -m pytest tests -ra --timeout=120 $(ARGS)
 
 lint: $(INSTALLED)
@@ -31,5 +40,13 @@ bench: $(INSTALLED)
 emulators: $(INSTALLED)
 	$(BIN)/python -m devserver.emulators $(ARGS)
 
+# Storage for `func start` (queues, and the host's own blobs): http://127.0.0.1:10000-10002
+azurite: $(AZURITE)
+	$(AZURITE) --silent --inMemoryPersistence --disableTelemetry --skipApiVersionCheck $(ARGS)
+
+# make enqueue REQUEST='{"prompt": "The food was delicious and the waiter", "stop": "."}' [ARGS="--wait 60"]
+enqueue: $(INSTALLED)
+	$(BIN)/python -m devserver.enqueue '$(REQUEST)' $(ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis $(AZURITE_DIR)/node_modules

@@ -6,15 +6,23 @@ invalid settings never break indexing: requests then get 503 ``not_configured``.
 """
 
 import json
+import logging
+import os
 import re
 import uuid
 
 import azure.functions as func
 
+from shared import events
 from shared.service import CompletionService, Outcome
+from shared.settings import QueueNames
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 service = CompletionService.from_environ()
+queues = QueueNames.from_environ(os.environ)  # binding metadata: read when the host indexes the app
+recent_results = events.RecentResults()
+# Identity-based connections use the same name as a prefix: AzureWebJobsStorage__queueServiceUri, ...
+STORAGE = "AzureWebJobsStorage"
 
 _CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -43,3 +51,30 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/health: whether the settings are valid (names only, never values)."""
     request_id = _request_id(req)
     return _http_response(service.health(), request_id)
+
+
+@app.queue_trigger(arg_name="msg", queue_name=queues.requests, connection=STORAGE)
+@app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
+def completion_from_queue(msg: func.QueueMessage, result: func.Out[str]) -> None:
+    """A request message on the request queue; its answer goes to the results queue.
+    Raises on transient failures so the host redelivers the message."""
+    logging.info("queue message id=%s dequeue_count=%s", msg.id, msg.dequeue_count)
+    result.set(events.handle_request(service, recent_results, msg.get_body(), fallback_id=msg.id or uuid.uuid4().hex,
+                                     source="queue"))
+
+
+@app.queue_trigger(arg_name="msg", queue_name=queues.poison, connection=STORAGE)
+@app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
+def completion_poisoned(msg: func.QueueMessage, result: func.Out[str]) -> None:
+    """A request the host gave up on: answer it with a ``failed`` result (code ``poisoned``)."""
+    logging.warning("poisoned queue message id=%s dequeue_count=%s", msg.id, msg.dequeue_count)
+    result.set(events.poisoned_result(service, msg.get_body(), fallback_id=msg.id or uuid.uuid4().hex))
+
+
+@app.event_grid_trigger(arg_name="event")
+@app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
+def completion_from_event_grid(event: func.EventGridEvent, result: func.Out[str]) -> None:
+    """A custom Event Grid event whose ``data`` is a request; its answer goes to the results queue."""
+    logging.info("event grid event id=%s type=%r subject=%r", event.id, event.event_type, event.subject)
+    result.set(events.handle_request(service, recent_results, event.get_json(), fallback_id=event.id,
+                                     source="eventgrid"))

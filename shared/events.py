@@ -1,0 +1,137 @@
+"""Event-driven completions (Storage queue, Event Grid): the same pipeline, answers as messages.
+
+A request message is the HTTP body plus an optional correlation ``id``. Every
+request gets exactly one result message:
+``{"id", "status": "succeeded", "result": <the HTTP 200 body>}`` or
+``{"id", "status": "failed", "error": {"code", "message"}}``.
+
+- A bad request (not JSON, invalid fields, a content filter hit...) gets a
+  ``failed`` result at once: retrying cannot help.
+- A transient failure (throttling, an outage, a timeout, no token) raises
+  ``RetryLater`` so the host redelivers the message (queue: after the visibility
+  timeout, up to ``maxDequeueCount`` times, then to ``<queue>-poison``, whose
+  trigger answers ``failed`` with code ``poisoned``; Event Grid: its own retry
+  schedule, then the subscription's dead-letter destination).
+- A redelivered request whose success this instance still remembers is answered
+  from memory instead of paying for a second completion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+from .errors import AppError
+from .service import CompletionService
+
+log = logging.getLogger(__name__)
+
+MAX_ID_LENGTH = 256
+_HEADER_SAFE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+class RetryLater(Exception):
+    """A transient failure: let the host deliver the request again."""
+
+
+class RecentResults:
+    """Successful results by (correlation id, request), kept for a while in this process.
+
+    A message is redelivered when its invocation failed after the completion was
+    paid for (the output could not be written, the instance stopped) or its
+    visibility timeout ran out. Remembering recent successes makes the common
+    case free; it is per instance and bounded, so a redelivery to another
+    instance, or after ``ttl``, pays again (see README, "Idempotency").
+    """
+
+    def __init__(self, max_entries: int = 10_000, ttl: float = 900.0) -> None:
+        self._entries: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = max_entries
+        self._ttl = ttl
+
+    def get(self, key: tuple[str, str]) -> str | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] < time.monotonic():
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: tuple[str, str], result: str) -> None:
+        with self._lock:
+            self._entries[key] = (time.monotonic() + self._ttl, result)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+
+def _failed(correlation_id: str, error: AppError) -> str:
+    payload: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.param is not None:
+        payload["param"] = error.param
+    return json.dumps({"id": correlation_id, "status": "failed", "error": payload})
+
+
+def _request_id(correlation_id: str) -> str:
+    """The id for logs and the upstream X-Request-Id: the caller's when header-safe."""
+    return correlation_id if _HEADER_SAFE.fullmatch(correlation_id) else uuid.uuid4().hex
+
+
+def handle_request(service: CompletionService, recent: RecentResults, message: bytes | Any, *,
+                   fallback_id: str, source: str) -> str:
+    """The result message (JSON) for one request message; RetryLater when it may succeed later.
+
+    ``message`` is the raw body (queue) or the decoded document (Event Grid's ``data``);
+    ``fallback_id`` (the queue message or event id) correlates requests sent without an id.
+    """
+    try:
+        document = service.decode(message) if isinstance(message, (bytes, bytearray)) else message
+    except AppError as error:
+        return _failed(fallback_id, error)
+    if not isinstance(document, dict):
+        return _failed(fallback_id, AppError(400, "invalid_request", "The message must be a JSON object."))
+    request = dict(document)
+    correlation_id = request.pop("id", None)
+    if correlation_id is None:
+        correlation_id = fallback_id
+    elif not isinstance(correlation_id, str) or not 0 < len(correlation_id) <= MAX_ID_LENGTH:
+        return _failed(fallback_id, AppError(400, "invalid_request",
+                                             f"'id' must be a string of 1 to {MAX_ID_LENGTH} characters.",
+                                             param="id"))
+    key = (correlation_id, hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest())
+    remembered = recent.get(key)
+    if remembered is not None:
+        log.info("%s request %r answered again from memory (a redelivery)", source, correlation_id)
+        return remembered
+
+    outcome = service.complete(request, _request_id(correlation_id), source=source)
+    if outcome.ok:
+        result = json.dumps({"id": correlation_id, "status": "succeeded", "result": outcome.body})
+        recent.put(key, result)
+        return result
+    assert outcome.error is not None
+    if outcome.error.retryable:
+        raise RetryLater(f"{outcome.error.code} (HTTP {outcome.status}); the host will deliver the request again")
+    return _failed(correlation_id, outcome.error)
+
+
+def poisoned_result(service: CompletionService, message: bytes, *, fallback_id: str) -> str:
+    """The ``failed`` answer for a request the host gave up on (moved to the poison queue)."""
+    correlation_id = fallback_id
+    try:
+        document = service.decode(message)
+        if isinstance(document, dict) and isinstance(document.get("id"), str) and document["id"]:
+            correlation_id = document["id"][:MAX_ID_LENGTH]
+    except AppError:
+        pass
+    return _failed(correlation_id, AppError(
+        503, "poisoned", "The request kept failing with transient errors (throttling, outages or timeouts) "
+                         "and was moved to the poison queue; send it again later."))
