@@ -8,13 +8,12 @@ invalid settings never break indexing: requests then get 503 ``not_configured``.
 import json
 import logging
 import os
-import re
 import uuid
 
 import azure.functions as func
 
 from shared import events
-from shared.service import CompletionService, Outcome
+from shared.service import CompletionService, Outcome, request_id_for
 from shared.settings import QueueNames
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -23,14 +22,6 @@ queues = QueueNames.from_environ(os.environ)  # binding metadata: read when the 
 recent_results = events.RecentResults()
 # Identity-based connections use the same name as a prefix: AzureWebJobsStorage__queueServiceUri, ...
 STORAGE = "AzureWebJobsStorage"
-
-_CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-
-def _request_id(req: func.HttpRequest) -> str:
-    """The caller's x-request-id when it is a sane token, else a new one."""
-    given = req.headers.get("x-request-id", "")
-    return given if _CALLER_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
 def _http_response(outcome: Outcome, request_id: str) -> func.HttpResponse:
@@ -42,14 +33,14 @@ def _http_response(outcome: Outcome, request_id: str) -> func.HttpResponse:
 @app.route(route="completions", methods=["POST"])
 def completions(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/completions: a completion from the configured deployment."""
-    request_id = _request_id(req)
+    request_id = request_id_for(req.headers.get("x-request-id"))
     return _http_response(service.complete(req.get_body(), request_id), request_id)
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/health: whether the settings are valid (names only, never values)."""
-    request_id = _request_id(req)
+    request_id = request_id_for(req.headers.get("x-request-id"))
     return _http_response(service.health(), request_id)
 
 

@@ -441,7 +441,7 @@ class OpenAIHandler(Handler):
     def _complete(self, model: str, request: dict, annotated: bool) -> dict:
         choices = []
         completion_tokens = 0
-        for prompt_index, prompt in enumerate(request["prompts"]):
+        for prompt in request["prompts"]:
             for candidate in range(request["best_of"]):
                 generated = textgen.generate(
                     prompt, choice=candidate, max_tokens=request["max_tokens"], stop=request["stops"],

@@ -14,17 +14,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import openai
 import openai.error
 
-from .credentials import TokenCache
 from .errors import AppError
 from .openai_session import BearerTokenAuth, call_auth
 from .retry import Deadline, backoff_seconds, retry_after_seconds
 from .settings import RetrySettings, UpstreamSettings
+
+if TYPE_CHECKING:
+    from .credentials import TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,7 @@ TOKEN_MODE_PLACEHOLDER_KEY = "unused-token-auth"
 MIN_ATTEMPT_SECONDS = 0.1
 
 
-@dataclass(frozen=True)
-class UpstreamResult:
+class UpstreamResult(NamedTuple):
     response: dict[str, Any]
     attempts: int
     upstream_ms: float  # time spent in upstream attempts, waits excluded
@@ -107,7 +107,7 @@ class CompletionClient:
                 # passed; 0 makes it raise TryAgain at once so our policy decides.
                 timeout=0,
             )
-        data = response.to_dict_recursive() if hasattr(response, "to_dict_recursive") else response
+        data = response  # an OpenAIObject: a dict (subclass) all the way down, so used as it is
         if not (isinstance(data, dict) and isinstance(data.get("choices"), list)
                 and isinstance(data.get("usage"), dict)):
             raise AppError(502, "upstream_bad_response", "Azure OpenAI sent a response the app cannot read.",

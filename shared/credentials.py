@@ -32,10 +32,12 @@ class TokenCredentialLike(Protocol):
 def build_credential(upstream: UpstreamSettings, retry: RetrySettings) -> TokenCredentialLike:
     """The azure-identity credential for the configured auth mode.
 
-    azure-identity is imported here rather than at module level so that a
-    key-auth app never pays for importing it. Its own retries are off
-    (``retry_total=0``) and its HTTP timeouts short: the caller's retry policy
-    decides, within the invocation's deadline.
+    Called by the token cache on its first refresh, not at import: azure-identity
+    and msal take ~0.1 s to load, which a key-auth app never needs and a
+    managed-identity app pays with its first token request rather than while
+    the host indexes the functions. Its own retries are off (``retry_total=0``)
+    and its HTTP timeouts short: the caller's retry policy decides, within the
+    invocation's deadline.
     """
     transport_options = {"retry_total": 0, "connection_timeout": retry.connect_timeout,
                          "read_timeout": min(retry.read_timeout, 10.0)}
@@ -65,10 +67,12 @@ class TokenCache:
     even when the token endpoint hangs.
     """
 
-    def __init__(self, credential: TokenCredentialLike, scope: str, *,
+    def __init__(self, credential: Callable[[], TokenCredentialLike], scope: str, *,
                  refresh_margin: float = REFRESH_MARGIN_SECONDS, stale_wait: float = STALE_WAIT_SECONDS,
                  retry_interval: float = RETRY_INTERVAL_SECONDS, clock: Callable[[], float] = time.time) -> None:
-        self._credential = credential
+        """``credential`` makes the credential; it is called once, by the first refresh."""
+        self._make_credential = credential
+        self._credential: TokenCredentialLike | None = None
         self._scope = scope
         self._margin = refresh_margin
         self._stale_wait = stale_wait
@@ -110,6 +114,8 @@ class TokenCache:
 
     def _run_refresh(self, future: Future) -> None:
         try:
+            if self._credential is None:  # only one refresh runs at a time: no race
+                self._credential = self._make_credential()
             token = self._credential.get_token(self._scope)
         except Exception as exc:  # noqa: BLE001 - any credential failure is reported the same way
             with self._lock:

@@ -21,20 +21,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from typing import Any
 
 from .errors import AppError
-from .service import CompletionService
+from .service import CompletionService, request_id_for
 
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 256
-_HEADER_SAFE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class RetryLater(Exception):
@@ -80,11 +77,6 @@ def _failed(correlation_id: str, error: AppError) -> str:
     return json.dumps({"id": correlation_id, "status": "failed", "error": payload})
 
 
-def _request_id(correlation_id: str) -> str:
-    """The id for logs and the upstream X-Request-Id: the caller's when header-safe."""
-    return correlation_id if _HEADER_SAFE.fullmatch(correlation_id) else uuid.uuid4().hex
-
-
 def handle_request(service: CompletionService, recent: RecentResults, message: bytes | Any, *,
                    fallback_id: str, source: str) -> str:
     """The result message (JSON) for one request message; RetryLater when it may succeed later.
@@ -112,7 +104,7 @@ def handle_request(service: CompletionService, recent: RecentResults, message: b
         log.info("%s request %r answered again from memory (a redelivery)", source, correlation_id)
         return remembered
 
-    outcome = service.complete(request, _request_id(correlation_id), source=source)
+    outcome = service.complete(request, request_id_for(correlation_id), source=source)
     if outcome.ok:
         result = json.dumps({"id": correlation_id, "status": "succeeded", "result": outcome.body})
         recent.put(key, result)

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+from urllib.parse import urlsplit
 
 import openai
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
-from .credentials import TokenCache
 from .retry import Deadline
+
+if TYPE_CHECKING:  # only identity modes load the credentials module (cold start of key-auth apps)
+    from .credentials import TokenCache
 
 _current_auth: ContextVar[AuthBase | None] = ContextVar("openai_call_auth", default=None)
 
@@ -55,10 +58,34 @@ class _CallAuth(AuthBase):
         return auth(request) if auth is not None else request
 
 
+class _Session(requests.Session):
+    """A requests Session that reads proxy and CA settings from the environment once per host.
+
+    requests re-scans every environment variable for ``*_proxy`` on each request
+    (about 0.2 ms with a few dozen variables, more with an App Service's
+    hundred). The environment does not change under a running worker, and
+    openai rebuilds its sessions every 180 s anyway, so the answer is kept per
+    session and target. Used by one thread only (openai's sessions are per
+    thread), so no lock.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple, dict[str, Any]] = {}
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        key = (tuple(urlsplit(url)[:2]), tuple(sorted((proxies or {}).items())), stream, verify, cert)
+        settings = self._environment.get(key)
+        if settings is None:
+            settings = self._environment[key] = super().merge_environment_settings(url, proxies, stream, verify,
+                                                                                  cert)
+        return {**settings, "proxies": dict(settings["proxies"])}
+
+
 def new_session() -> requests.Session:
     """A session for one openai thread: our auth hook, no transport-level retries
     (the client's retry policy owns retries, within the deadline)."""
-    session = requests.Session()
+    session = _Session()
     session.auth = _CallAuth()
     adapter = HTTPAdapter(max_retries=0)
     session.mount("https://", adapter)

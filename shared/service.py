@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+import uuid
+from typing import Any, Mapping, NamedTuple
 
 from .completion_client import CompletionClient, UpstreamResult
-from .credentials import TokenCache, build_credential
 from .errors import AppError, internal_error, not_configured
 from .retry import Deadline
 from .settings import Limits, Settings, SettingsError, load_settings
@@ -23,11 +23,19 @@ from .validation import parse_json_body, validate_completion_request
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Outcome:
+_CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id_for(given: str | None) -> str:
+    """The caller's request id when it is a short, header-safe token, else a new one.
+    It goes into logs and the upstream X-Request-Id header, so nothing else is taken."""
+    return given if given and _CALLER_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+class Outcome(NamedTuple):
     status: int
     body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = {}
     error: AppError | None = None
 
     @property
@@ -49,12 +57,10 @@ class CompletionService:
         logging.getLogger("openai").setLevel(logging.DEBUG if settings.log_text else logging.INFO)
         tokens = None
         if settings.upstream.auth != "key":
-            try:
-                credential = build_credential(settings.upstream, settings.retry)
-            except Exception as exc:  # noqa: BLE001 - reported as a settings problem, never at import
-                log.error("could not create the %s credential: %s", settings.upstream.auth, type(exc).__name__)
-                return cls(None, None, {"AZURE_OPENAI_AUTH": "could not create the credential"})
-            tokens = TokenCache(credential, settings.upstream.token_scope)
+            from .credentials import TokenCache, build_credential  # identity modes only: not on key-auth cold start
+
+            tokens = TokenCache(lambda: build_credential(settings.upstream, settings.retry),
+                                settings.upstream.token_scope)
         return cls(settings, CompletionClient(settings.upstream, settings.retry, tokens))
 
     @classmethod

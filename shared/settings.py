@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
 AUTH_MODES = ("managed_identity", "default", "key")
@@ -73,8 +73,7 @@ class Settings:
     log_text: bool = False
 
 
-@dataclass(frozen=True)
-class QueueNames:
+class QueueNames(NamedTuple):
     """Queue names for the event-driven functions (binding metadata, read at indexing)."""
 
     requests: str = "completion-requests"
@@ -86,8 +85,9 @@ class QueueNames:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> "QueueNames":
-        return cls(environ.get("COMPLETIONS_REQUEST_QUEUE") or cls.requests,
-                   environ.get("COMPLETIONS_RESULT_QUEUE") or cls.results)
+        defaults = cls()
+        return cls(environ.get("COMPLETIONS_REQUEST_QUEUE") or defaults.requests,
+                   environ.get("COMPLETIONS_RESULT_QUEUE") or defaults.results)
 
 
 class SettingsError(Exception):

@@ -15,7 +15,8 @@ from shared.settings import (DEFAULT_API_VERSION, DEFAULT_TOKEN_SCOPE, QueueName
                              function_timeout_seconds, load_settings)
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE = {"AZURE_OPENAI_ENDPOINT": "https://example.openai.azure.com/", "AZURE_OPENAI_DEPLOYMENT": "gpt-35-turbo-instruct"}
+BASE = {"AZURE_OPENAI_ENDPOINT": "https://example.openai.azure.com/",
+        "AZURE_OPENAI_DEPLOYMENT": "gpt-35-turbo-instruct"}
 
 
 def load(**env):
@@ -157,3 +158,18 @@ def test_importing_function_app_never_fails_on_bad_settings():
     assert done.returncode == 0, done.stderr
     assert "completions" in json.loads(done.stdout) and "health" in json.loads(done.stdout)
     assert "AZURE_OPENAI_ENDPOINT" in done.stderr and "not a number" not in done.stderr
+
+
+@pytest.mark.parametrize("auth", ["key", "managed_identity"])
+def test_importing_function_app_loads_no_identity_library(auth):
+    """Cold start: azure-identity (and msal) load with the first token request, never at import."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env.update(AZURE_OPENAI_ENDPOINT="http://127.0.0.1:9/", AZURE_OPENAI_DEPLOYMENT="d", AZURE_OPENAI_AUTH=auth,
+               AZURE_OPENAI_API_KEY="k", IDENTITY_ENDPOINT="http://127.0.0.1:9/msi/token", IDENTITY_HEADER="h")
+    script = ("import sys, function_app; "
+              "print(sorted(m for m in sys.modules if m.startswith(('azure.identity', 'msal'))))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert "not configured" not in done.stderr  # the settings were valid: this measured the configured app

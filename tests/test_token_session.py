@@ -131,14 +131,14 @@ class FakeCredential:
 
 def test_cache_single_flight_under_concurrency():
     credential = FakeCredential(delay=0.2)
-    cache = TokenCache(credential, "scope")
+    cache = TokenCache(lambda: credential, "scope")
     with ThreadPoolExecutor(32) as pool:
         tokens = list(pool.map(lambda _: cache.get(Deadline(5)), range(64)))
     assert set(tokens) == {"token-1"} and credential.calls == 1
 
 
 def test_cache_never_waits_past_the_deadline_when_the_endpoint_hangs():
-    cache = TokenCache(FakeCredential(delay=3), "scope")
+    cache = TokenCache(lambda: FakeCredential(delay=3), "scope")
     started = time.monotonic()
     with pytest.raises(AppError) as caught:
         cache.get(Deadline(0.3))
@@ -148,7 +148,7 @@ def test_cache_never_waits_past_the_deadline_when_the_endpoint_hangs():
 
 def test_cache_serves_a_valid_token_while_a_slow_refresh_runs():
     credential = FakeCredential(lifetime=301)  # inside the 5-minute margin at once: always stale
-    cache = TokenCache(credential, "scope")
+    cache = TokenCache(lambda: credential, "scope")
     assert cache.get(Deadline(5)) == "token-1"
     credential.delay = 3
     started = time.monotonic()
@@ -157,13 +157,13 @@ def test_cache_serves_a_valid_token_while_a_slow_refresh_runs():
 
 
 def test_cache_reports_unavailable_without_any_valid_token():
-    cache = TokenCache(FakeCredential(fail=True), "scope")
+    cache = TokenCache(lambda: FakeCredential(fail=True), "scope")
     with pytest.raises(AppError):
         cache.get(Deadline(2))
 
 
 def test_bearer_auth_replaces_the_placeholder_and_drops_api_key():
-    cache = TokenCache(FakeCredential(), "scope")
+    cache = TokenCache(lambda: FakeCredential(), "scope")
     request = requests.Request("POST", "http://127.0.0.1/", headers={
         "Authorization": "Bearer placeholder", "api-key": "k"}).prepare()
     with openai_session.call_auth(openai_session.BearerTokenAuth(cache, Deadline(5))):
@@ -172,3 +172,26 @@ def test_bearer_auth_replaces_the_placeholder_and_drops_api_key():
     untouched = requests.Request("POST", "http://127.0.0.1/", headers={"api-key": "k"}).prepare()
     openai_session.new_session().auth(untouched)  # outside a call: nothing changes
     assert untouched.headers["api-key"] == "k" and "Authorization" not in untouched.headers
+
+
+def test_the_credential_is_made_once_by_the_first_refresh():
+    made = []
+
+    def make():
+        made.append(1)
+        return FakeCredential(lifetime=301)  # always stale: every get refreshes
+
+    cache = TokenCache(make, "scope", retry_interval=0)
+    assert made == []  # nothing at construction (nor at import)
+    for _ in range(3):
+        cache.get(Deadline(5))
+    assert len(made) == 1
+
+
+def test_a_credential_that_cannot_be_made_is_credential_unavailable():
+    def make():
+        raise ValueError("bad identity configuration")
+
+    with pytest.raises(AppError) as caught:
+        TokenCache(make, "scope").get(Deadline(1))
+    assert caught.value.code == "credential_unavailable"
