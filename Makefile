@@ -1,6 +1,6 @@
 # make run   - serve the app on http://127.0.0.1:7071 (with the emulators when no Azure endpoint is set)
 # make test  - the whole test suite
-# make lint  - azure-functions-doctor on host.json / function_app.py
+# make lint  - ruff, and azure-functions-doctor on host.json / function_app.py
 # make bench - benchmarks, written to docs/benchmarks.md
 # make azurite / make enqueue REQUEST='{...}' - local Storage, and a sample queue producer
 # Each target creates .venv and installs requirements*.txt when needed.
@@ -13,6 +13,7 @@ INSTALLED := $(VENV)/.installed
 AZURITE_DIR := devserver/azurite
 AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite
 TEST_NEEDS := $(INSTALLED) $(if $(shell command -v npm 2>/dev/null),$(AZURITE))
+RUFF_ARGS := --line-length 120 --select E,F,W,B --extend-exclude devserver/azurite,tests/specs
 
 .PHONY: run test lint bench emulators azurite enqueue clean
 
@@ -32,9 +33,13 @@ test: $(TEST_NEEDS)
 	$(BIN)/python -m pytest tests -ra --timeout=120 $(ARGS)
 
 lint: $(INSTALLED)
+	$(BIN)/ruff check $(RUFF_ARGS) .
 	$(BIN)/azure-functions-doctor doctor --path . --profile deploy
 
+# wrk (Debian's package) loads the dev host over HTTP; without it that one metric is skipped.
 bench: $(INSTALLED)
+	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || \
+		echo "wrk is not installed (apt-get install wrk): the dev-host metric will be skipped"
 	$(BIN)/python -m benchmarks $(ARGS)
 
 emulators: $(INSTALLED)

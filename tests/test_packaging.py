@@ -13,6 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCTOR = Path(sys.executable).parent / "azure-functions-doctor"
 
 
+def test_make_lint_style_checks_pass():
+    """The same ruff rules `make lint` applies (the Makefile holds them)."""
+    ruff_args = next(line.split(":=", 1)[1].split() for line in (ROOT / "Makefile").read_text().splitlines()
+                     if line.startswith("RUFF_ARGS"))
+    done = subprocess.run([str(Path(sys.executable).parent / "ruff"), "check", *ruff_args, "."], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_azure_functions_doctor_finds_no_failures(tmp_path):
     summary = tmp_path / "summary.json"
     done = subprocess.run([str(DOCTOR), "doctor", "--path", str(ROOT), "--profile", "deploy",
