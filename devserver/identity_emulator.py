@@ -15,15 +15,15 @@ the next token requests), ``POST /_emulator/config`` (``token_lifetime``,
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import uuid
 from collections import Counter
 from urllib.parse import parse_qs
 
+from .control import ControlHandler
 from .faults import FaultQueue, Sleeper
-from .httpserver import Handler, Server
+from .httpserver import Server
 from .tokens import TokenSigner
 
 TOKEN_PATH = "/msi/token"
@@ -62,6 +62,18 @@ class IdentityState:
                 "tokens_by_client_id": dict(self.tokens_by_client_id),
             }
 
+    def configure(self, changes: dict) -> dict:
+        if set(changes) - {"token_lifetime", "outage"}:
+            raise ValueError("config takes token_lifetime and outage")
+        lifetime = changes.get("token_lifetime", self.token_lifetime)
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0:
+            raise ValueError("token_lifetime must be a positive number of seconds")
+        outage = changes.get("outage", self.outage)
+        if outage not in OUTAGES:
+            raise ValueError(f"outage must be one of {list(OUTAGES)}")
+        self.token_lifetime, self.outage = float(lifetime), outage
+        return {"token_lifetime": self.token_lifetime, "outage": self.outage}
+
     def reset(self) -> None:
         self.faults.clear()
         self.sleeper.interrupt()
@@ -75,54 +87,21 @@ def _platform_error(status: int, message: str) -> dict:
     return {"statusCode": status, "message": message, "correlationId": str(uuid.uuid4())}
 
 
-class IdentityHandler(Handler):
+class IdentityHandler(ControlHandler):
     state: IdentityState  # set on the subclass built by IdentityServer
 
     def do_GET(self) -> None:
+        if self.is_control():
+            return self.serve_control()
         url = self.url()
-        if url.path == "/_emulator/stats":
-            stats = self.state.snapshot()
-            stats["connections_accepted"] = self.server.connections_accepted
-            return self.send_json(200, stats)
         if url.path.rstrip("/") != TOKEN_PATH:
             return self.send_json(404, _platform_error(404, "Not found"))
         self._token(parse_qs(url.query))
 
     def do_POST(self) -> None:
-        path = self.url().path
-        try:
-            body = json.loads(self.read_body() or b"null")
-        except ValueError:
-            return self.send_json(400, {"error": "body must be JSON"})
-        if path == "/_emulator/faults":
-            if not isinstance(body, list):
-                return self.send_json(400, {"error": "expected a JSON list of faults"})
-            try:
-                pending = self.state.faults.extend(body)
-            except ValueError as exc:
-                return self.send_json(400, {"error": str(exc)})
-            return self.send_json(200, {"pending": pending})
-        if path == "/_emulator/config":
-            return self._config(body)
-        if path == "/_emulator/reset":
-            self.state.reset()
-            self.server.reset_connection_count()
-            return self.send_json(200, {"reset": True})
+        if self.is_control():
+            return self.serve_control()
         self.send_json(404, _platform_error(404, "Not found"))
-
-    def _config(self, body) -> None:
-        if not isinstance(body, dict) or set(body) - {"token_lifetime", "outage"}:
-            return self.send_json(400, {"error": "expected {token_lifetime?, outage?}"})
-        if "token_lifetime" in body:
-            lifetime = body["token_lifetime"]
-            if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0:
-                return self.send_json(400, {"error": "token_lifetime must be a positive number"})
-            self.state.token_lifetime = float(lifetime)
-        if "outage" in body:
-            if body["outage"] not in OUTAGES:
-                return self.send_json(400, {"error": f"outage must be one of {list(OUTAGES)}"})
-            self.state.outage = body["outage"]
-        self.send_json(200, {"token_lifetime": self.state.token_lifetime, "outage": self.state.outage})
 
     def _token(self, query: dict[str, list[str]]) -> None:
         state = self.state

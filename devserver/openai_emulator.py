@@ -25,8 +25,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from . import completion_text as textgen
+from .control import ControlHandler
 from .faults import Fault, FaultQueue, Sleeper
-from .httpserver import Handler, Server
+from .httpserver import Server
 from .identity_emulator import IdentityState
 from .tokens import COGNITIVE_SERVICES, TokenSigner
 
@@ -229,6 +230,18 @@ class OpenAIState:
             stats["tokens_by_client_id"] = identity["tokens_by_client_id"]
         return stats
 
+    def configure(self, changes: dict) -> dict:
+        if set(changes) - {"latency_ms", "content_filter_phrase"}:
+            raise ValueError("config takes latency_ms and content_filter_phrase")
+        latency = changes.get("latency_ms", self.latency_ms)
+        phrase = changes.get("content_filter_phrase", self.content_filter_phrase)
+        if type(latency) is not int or latency < 0:
+            raise ValueError("latency_ms must be an integer >= 0")
+        if not isinstance(phrase, str) or not phrase:
+            raise ValueError("content_filter_phrase must be a non-empty string")
+        self.latency_ms, self.content_filter_phrase = latency, phrase
+        return {"latency_ms": latency, "content_filter_phrase": phrase}
+
     def reset(self) -> None:
         self.faults.clear()
         self.sleeper.interrupt()
@@ -251,21 +264,19 @@ _FAULT_ERRORS = {
 }
 
 
-class OpenAIHandler(Handler):
+class OpenAIHandler(ControlHandler):
     state: OpenAIState  # set on the subclass built by OpenAIServer
 
     # -- routing -----------------------------------------------------------
     def do_GET(self) -> None:
-        if self.url().path == "/_emulator/stats":
-            stats = self.state.snapshot()
-            stats["connections_accepted"] = self.server.connections_accepted
-            return self.send_json(200, stats)
+        if self.is_control():
+            return self.serve_control()
         self._not_found()
 
     def do_POST(self) -> None:
+        if self.is_control():
+            return self.serve_control()
         url = self.url()
-        if url.path.startswith("/_emulator/"):
-            return self._control(url.path)
         route = ROUTE.match(url.path)
         if route is None:
             return self._not_found()
@@ -279,36 +290,6 @@ class OpenAIHandler(Handler):
         all_headers = {"apim-request-id": str(uuid.uuid4()), "x-ms-region": "Emulator"}
         all_headers.update(headers or {})
         self.send_json(status, payload, all_headers)
-
-    # -- control API -------------------------------------------------------
-    def _control(self, path: str) -> None:
-        try:
-            body = json.loads(self.read_body() or b"null")
-        except ValueError:
-            return self.send_json(400, {"error": "body must be JSON"})
-        if path == "/_emulator/faults":
-            if not isinstance(body, list):
-                return self.send_json(400, {"error": "expected a JSON list of faults"})
-            try:
-                return self.send_json(200, {"pending": self.state.faults.extend(body)})
-            except ValueError as exc:
-                return self.send_json(400, {"error": str(exc)})
-        if path == "/_emulator/reset":
-            self.state.reset()
-            self.server.reset_connection_count()
-            return self.send_json(200, {"reset": True})
-        if path == "/_emulator/config":
-            allowed = {"latency_ms", "content_filter_phrase"}
-            if not isinstance(body, dict) or set(body) - allowed:
-                return self.send_json(400, {"error": f"expected an object with keys among {sorted(allowed)}"})
-            latency = body.get("latency_ms", self.state.latency_ms)
-            phrase = body.get("content_filter_phrase", self.state.content_filter_phrase)
-            if type(latency) is not int or latency < 0 or not isinstance(phrase, str) or not phrase:
-                return self.send_json(400, {"error": "latency_ms must be an integer >= 0, "
-                                                     "content_filter_phrase a non-empty string"})
-            self.state.latency_ms, self.state.content_filter_phrase = latency, phrase
-            return self.send_json(200, {"latency_ms": latency, "content_filter_phrase": phrase})
-        self.send_json(404, {"error": "unknown control endpoint"})
 
     # -- the completions operation ----------------------------------------
     def _completions(self, deployment: str, query: dict[str, list[str]]) -> None:
