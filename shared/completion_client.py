@@ -107,12 +107,13 @@ class CompletionClient:
                 # passed; 0 makes it raise TryAgain at once so our policy decides.
                 timeout=0,
             )
-        data = response  # an OpenAIObject: a dict (subclass) all the way down, so used as it is
-        if not (isinstance(data, dict) and isinstance(data.get("choices"), list)
-                and isinstance(data.get("usage"), dict)):
+        # An OpenAIObject: a dict subclass all the way down, used as it is.
+        choices = response.get("choices") if isinstance(response, dict) else None
+        if not (isinstance(choices, list) and all(isinstance(choice, dict) for choice in choices)
+                and isinstance(response.get("usage"), dict)):
             raise AppError(502, "upstream_bad_response", "Azure OpenAI sent a response the app cannot read.",
                            retryable=True)
-        return data
+        return response
 
 
 def _final(failure: AppError) -> AppError:

@@ -96,6 +96,8 @@ TRANSIENT = {
     "dropped connection": ({"drop": True}, 502, "upstream_unreachable"),
     "non-JSON body": ({"status": 200, "raw": "not json"}, 502, "upstream_bad_response"),
     "JSON of the wrong shape": ({"status": 200, "raw": "{\"choices\": 3}"}, 502, "upstream_bad_response"),
+    "choices that are not objects": ({"status": 200, "raw": "{\"choices\": [3], \"usage\": {}}"}, 502,
+                                     "upstream_bad_response"),
 }
 
 
