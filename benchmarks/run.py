@@ -212,7 +212,7 @@ def throughput(seconds: float) -> list[Row]:
                 result = run_worker(side, "load", emulator, threads=threads, seconds=seconds)
                 ratio[side] = result["ok"] / result["seconds"] / (threads / 0.1)
                 connections = emulator.stats()["connections_accepted"] - 1  # this stats call's own
-                shown[side] = f"{fmt(ratio[side])} ({result['failed']} failed, {connections} connections)"
+                shown[side] = f"{fmt(ratio[side], 3)} ({result['failed']} failed, {connections} connections)"
                 cpu[side] = (f"{result['cpu_seconds'] / max(1, result['ok']) * 1000:.1f} ms of client CPU a "
                              f"request, client process {result['cpu_seconds'] / result['seconds']:.0%} busy")
             target = threads in (16, 32)
