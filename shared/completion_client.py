@@ -61,9 +61,10 @@ class CompletionClient:
     def complete(self, params: dict[str, Any], deadline: Deadline, request_id: str) -> UpstreamResult:
         """The upstream's JSON response; AppError when it fails for good or time runs out."""
         if not self._slots.acquire(timeout=deadline.remaining()):
-            raise AppError(503, "overloaded", "Too many completions are in progress on this instance.",
-                           retry_after=1, retryable=True)
+            raise _overloaded()
         try:
+            if deadline.remaining() < MIN_ATTEMPT_SECONDS:  # a slot, but too late to use it
+                raise _overloaded()
             return self._complete_with_retries(params, deadline, request_id)
         finally:
             self._slots.release()
@@ -94,15 +95,18 @@ class CompletionClient:
             self._sleep(wait)
 
     def _attempt(self, params: dict[str, Any], deadline: Deadline, request_id: str) -> dict[str, Any]:
-        remaining = max(deadline.remaining(), MIN_ATTEMPT_SECONDS)
-        auth = None if self._tokens is None else BearerTokenAuth(self._tokens, deadline)
+        auth = None if self._tokens is None else BearerTokenAuth(self._tokens.get(deadline))
+        remaining = deadline.remaining()  # after the token: its wait counts too
+        if remaining < MIN_ATTEMPT_SECONDS:
+            raise AppError(504, "upstream_timeout", "No time was left to call Azure OpenAI within the deadline.",
+                           retryable=True)
+        # This attempt's HTTP timeouts: connect and read together fit in what is left
+        # (connecting takes milliseconds when all is well, so it gets the smaller share).
+        connect = min(self._retry.connect_timeout, remaining / 4)
+        read = min(self._retry.read_timeout, remaining - connect)
         with call_auth(auth):
             response = openai.Completion.create(
-                **self._per_call, **params,
-                request_id=request_id,
-                # HTTP timeouts for this attempt, shrunk to what is left of the deadline.
-                request_timeout=(min(self._retry.connect_timeout, remaining),
-                                 min(self._retry.read_timeout, remaining)),
+                **self._per_call, **params, request_id=request_id, request_timeout=(connect, read),
                 # openai retries HTTP 409 in a tight loop until `timeout` seconds have
                 # passed; 0 makes it raise TryAgain at once so our policy decides.
                 timeout=0,
@@ -114,6 +118,11 @@ class CompletionClient:
             raise AppError(502, "upstream_bad_response", "Azure OpenAI sent a response the app cannot read.",
                            retryable=True)
         return response
+
+
+def _overloaded() -> AppError:
+    return AppError(503, "overloaded", "Too many completions are in progress on this instance.",
+                    retry_after=1, retryable=True)
 
 
 def _final(failure: AppError) -> AppError:
@@ -157,8 +166,10 @@ def upstream_error(exc: openai.error.OpenAIError) -> AppError:
     error = _error_body(exc)
     if status == 400:
         if error.get("code") == "content_filter":
-            inner = error.get("innererror") or error.get("inner_error") or {}
-            results = inner.get("content_filter_result") or inner.get("content_filter_results") or {}
+            inner = error.get("innererror") or error.get("inner_error")
+            inner = inner if isinstance(inner, dict) else {}
+            results = inner.get("content_filter_result") or inner.get("content_filter_results")
+            results = results if isinstance(results, dict) else {}
             return AppError(400, "content_filter",
                             "The prompt was blocked by Azure OpenAI's content filter.",
                             param=error.get("param") or "prompt", details={"content_filter_result": results})

@@ -16,7 +16,6 @@ log = logging.getLogger(__name__)
 
 REFRESH_MARGIN_SECONDS = 300.0  # refresh when the token is this close to expiry
 EXPIRY_SKEW_SECONDS = 10.0  # never send a token with less life left than this
-STALE_WAIT_SECONDS = 1.0  # how long a request waits for a refresh while the old token still works
 RETRY_INTERVAL_SECONDS = 2.0  # after a failed refresh, keep using a valid token this long before asking again
 
 
@@ -53,53 +52,55 @@ def build_credential(upstream: UpstreamSettings, retry: RetrySettings) -> TokenC
     raise ValueError(f"auth mode {upstream.auth!r} uses no credential")
 
 
+class CredentialConfigurationError(Exception):
+    """The credential itself could not be created: retrying will not help."""
+
+
 class TokenCache:
     """One cached token per process, refreshed ahead of expiry, shared by all threads.
 
     - Fresh token (more than the margin left): returned without locking.
-    - Within the margin: one refresh runs (single-flight: concurrent callers share
-      it). While the old token is still valid, callers wait at most
-      ``stale_wait`` for the refresh and otherwise keep using the old token; a
-      failed refresh is logged and retried after ``retry_interval``.
+    - Within the margin but still valid: returned at once, while one refresh runs
+      in the background (single-flight: concurrent callers share it). A failed
+      refresh is logged, and tried again after ``retry_interval``.
     - No valid token: callers wait for the refresh up to their deadline, then
-      get 503 ``credential_unavailable`` (retryable).
+      get 503 ``credential_unavailable`` (retryable, unless the credential
+      could not even be created).
     The refresh runs on its own thread so that no caller waits past its deadline,
     even when the token endpoint hangs.
     """
 
     def __init__(self, credential: Callable[[], TokenCredentialLike], scope: str, *,
-                 refresh_margin: float = REFRESH_MARGIN_SECONDS, stale_wait: float = STALE_WAIT_SECONDS,
-                 retry_interval: float = RETRY_INTERVAL_SECONDS, clock: Callable[[], float] = time.time) -> None:
-        """``credential`` makes the credential; it is called once, by the first refresh."""
+                 refresh_margin: float = REFRESH_MARGIN_SECONDS, retry_interval: float = RETRY_INTERVAL_SECONDS,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``credential`` makes the credential; it is called by the first refresh."""
         self._make_credential = credential
         self._credential: TokenCredentialLike | None = None
         self._scope = scope
         self._margin = refresh_margin
-        self._stale_wait = stale_wait
         self._retry_interval = retry_interval
         self._clock = clock
         self._lock = threading.Lock()
         self._token: AccessTokenLike | None = None
         self._refresh: Future | None = None
         self._next_refresh_at = 0.0
-        self.refreshes = 0  # token requests started, for tests and benchmarks
+        self.refreshes = 0  # token requests started
 
     def get(self, deadline: Deadline) -> str:
         token = self._token
         now = self._clock()
         if token is not None and now < token.expires_on - self._margin:
             return token.token
-        usable = token if token is not None and now < token.expires_on - EXPIRY_SKEW_SECONDS else None
-        refresh = self._start_refresh(now, have_usable=usable is not None)
-        if refresh is not None:
-            wait = deadline.remaining() if usable is None else min(deadline.remaining(), self._stale_wait)
-            try:
-                return refresh.result(timeout=wait).token
-            except Exception:  # noqa: BLE001 - timed out, or failed (the refresh thread logs why)
-                pass
-        if usable is not None:
-            return usable.token
-        raise credential_unavailable()
+        if token is not None and now < token.expires_on - EXPIRY_SKEW_SECONDS:
+            self._start_refresh(now, have_usable=True)
+            return token.token
+        refresh = self._start_refresh(now, have_usable=False)
+        try:
+            return refresh.result(timeout=deadline.remaining()).token
+        except CredentialConfigurationError:
+            raise credential_unavailable(retryable=False) from None
+        except Exception:  # noqa: BLE001 - timed out, or failed (the refresh thread logs why)
+            raise credential_unavailable() from None
 
     def _start_refresh(self, now: float, *, have_usable: bool) -> Future | None:
         with self._lock:
@@ -114,9 +115,7 @@ class TokenCache:
 
     def _run_refresh(self, future: Future) -> None:
         try:
-            if self._credential is None:  # only one refresh runs at a time: no race
-                self._credential = self._make_credential()
-            token = self._credential.get_token(self._scope)
+            token = self._credential_for_refresh().get_token(self._scope)
         except Exception as exc:  # noqa: BLE001 - any credential failure is reported the same way
             with self._lock:
                 self._refresh = None
@@ -134,6 +133,14 @@ class TokenCache:
             self._token = token
             self._refresh = None
         future.set_result(token)
+
+    def _credential_for_refresh(self) -> TokenCredentialLike:
+        if self._credential is None:  # only one refresh runs at a time: no race
+            try:
+                self._credential = self._make_credential()
+            except Exception as exc:  # noqa: BLE001 - e.g. an invalid identity configuration
+                raise CredentialConfigurationError(_describe(exc)) from exc
+        return self._credential
 
 
 def _describe(exc: BaseException) -> str:

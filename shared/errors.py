@@ -55,9 +55,10 @@ def not_configured(names: list[str]) -> AppError:
                     details={"settings": names})
 
 
-def credential_unavailable() -> AppError:
-    return AppError(503, "credential_unavailable",
-                    "Could not obtain a managed-identity token for Azure OpenAI.", retryable=True)
+def credential_unavailable(retryable: bool = True) -> AppError:
+    message = ("Could not obtain a managed-identity token for Azure OpenAI." if retryable else
+               "Could not create the identity credential: check AZURE_OPENAI_AUTH and AZURE_CLIENT_ID.")
+    return AppError(503, "credential_unavailable", message, retryable=retryable)
 
 
 def internal_error() -> AppError:

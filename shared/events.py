@@ -44,30 +44,35 @@ class RecentResults:
     A message is redelivered when its invocation failed after the completion was
     paid for (the output could not be written, the instance stopped) or its
     visibility timeout ran out. Remembering recent successes makes the common
-    case free; it is per instance and bounded, so a redelivery to another
-    instance, or after ``ttl``, pays again (see README, "Idempotency").
+    case free. Bounded by count, by size and by age (oldest out first), and per
+    instance: a redelivery to another instance, or after ``ttl``, pays again
+    (see README, "Idempotency").
     """
 
-    def __init__(self, max_entries: int = 10_000, ttl: float = 900.0) -> None:
-        self._entries: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 32 * 1024 * 1024, ttl: float = 900.0) -> None:
+        self._entries: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()  # oldest first
         self._lock = threading.Lock()
-        self._max = max_entries
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._ttl = ttl
 
     def get(self, key: tuple[str, str]) -> str | None:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or entry[0] < time.monotonic():
-                return None
-            self._entries.move_to_end(key)
-            return entry[1]
+            return entry[1] if entry is not None and entry[0] > time.monotonic() else None
 
     def put(self, key: tuple[str, str], result: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._entries[key] = (time.monotonic() + self._ttl, result)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old[1])
+            self._entries[key] = (now + self._ttl, result)
+            self._bytes += len(result)
+            while self._entries and (len(self._entries) > self._max_entries or self._bytes > self._max_bytes
+                                     or next(iter(self._entries.values()))[0] <= now):
+                self._bytes -= len(self._entries.popitem(last=False)[1][1])
 
 
 def _failed(correlation_id: str, error: AppError) -> str:

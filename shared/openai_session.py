@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import openai
@@ -25,27 +25,24 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
-from .retry import Deadline
-
-if TYPE_CHECKING:  # only identity modes load the credentials module (cold start of key-auth apps)
-    from .credentials import TokenCache
 
 _current_auth: ContextVar[AuthBase | None] = ContextVar("openai_call_auth", default=None)
 
 
 class BearerTokenAuth(AuthBase):
-    """``Authorization: Bearer <token>`` from the process-wide token cache.
+    """``Authorization: Bearer <token>`` in place of openai's placeholder, and no ``api-key``.
 
-    The seed guide's ``TokenRefresh``, made safe for many threads: the cache
-    refreshes once for all of them, and the deadline bounds the wait.
+    The seed guide's ``TokenRefresh`` fetched the token inside this hook; here the
+    token comes from the process-wide cache (``TokenCache``) just before the
+    call, so that the time spent getting it counts against the deadline before
+    the attempt's HTTP timeouts are set.
     """
 
-    def __init__(self, tokens: TokenCache, deadline: Deadline) -> None:
-        self._tokens = tokens
-        self._deadline = deadline
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self._tokens.get(self._deadline)}"
+        request.headers["Authorization"] = self._header
         request.headers.pop("api-key", None)
         return request
 

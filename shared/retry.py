@@ -14,14 +14,11 @@ class Deadline:
 
     __slots__ = ("expires_at",)
 
-    def __init__(self, seconds: float, clock=time.monotonic) -> None:
-        self.expires_at = clock() + seconds
+    def __init__(self, seconds: float) -> None:
+        self.expires_at = time.monotonic() + seconds
 
     def remaining(self) -> float:
         return max(0.0, self.expires_at - time.monotonic())
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.expires_at
 
 
 def backoff_seconds(retry_number: int, *, base: float = 0.5, cap: float = 8.0,

@@ -12,6 +12,7 @@ import os
 import re
 import time
 import uuid
+from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
 
 from .completion_client import CompletionClient, UpstreamResult
@@ -35,7 +36,7 @@ def request_id_for(given: str | None) -> str:
 class Outcome(NamedTuple):
     status: int
     body: dict[str, Any]
-    headers: dict[str, str] = {}
+    headers: Mapping[str, str] = MappingProxyType({})  # read-only: the default is shared
     error: AppError | None = None
 
     @property
@@ -55,6 +56,9 @@ class CompletionService:
         # openai 0.28 logs whole request bodies (prompts) at DEBUG; keep them out of the
         # logs unless the operator asked for text logging.
         logging.getLogger("openai").setLevel(logging.DEBUG if settings.log_text else logging.INFO)
+        if os.environ.get("OPENAI_LOG", "").lower() in ("debug", "info") and not settings.log_text:
+            log.warning("OPENAI_LOG is set: openai 0.28 prints request bodies (prompts) to stderr itself, "
+                        "whatever COMPLETIONS_LOG_TEXT says; unset it to keep prompts out of the logs")
         tokens = None
         if settings.upstream.auth != "key":
             from .credentials import TokenCache, build_credential  # identity modes only: not on key-auth cold start

@@ -170,9 +170,14 @@ def _endpoint(read: _Reader) -> str:
     if endpoint is None:
         read.problems["AZURE_OPENAI_ENDPOINT"] = "is required"
         return ""
-    url = urlsplit(endpoint)
-    loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
-    if url.scheme not in ("https", "http") or not url.hostname or (url.scheme == "http" and not loopback):
+    try:
+        url = urlsplit(endpoint)
+        hostname = url.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        read.problems["AZURE_OPENAI_ENDPOINT"] = "must be a URL"
+        return ""
+    loopback = hostname in ("localhost", "127.0.0.1", "::1")
+    if url.scheme not in ("https", "http") or not hostname or (url.scheme == "http" and not loopback):
         read.problems["AZURE_OPENAI_ENDPOINT"] = "must be an https:// URL (http:// only for localhost)"
     elif url.query or url.fragment:
         read.problems["AZURE_OPENAI_ENDPOINT"] = "must not have a query or fragment"
@@ -206,7 +211,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         read_timeout=read.number("AZURE_OPENAI_TIMEOUT", RetrySettings.read_timeout, low=0.1, high=600),
         max_retries=int(read.number("AZURE_OPENAI_MAX_RETRIES", RetrySettings.max_retries, low=0, high=10,
                                     integer=True)),
-        deadline=read.number("AZURE_OPENAI_DEADLINE", min(RetrySettings.deadline, deadline_cap), low=0.5),
+        # The default leaves a tenth of the cap for everything around the upstream call.
+        deadline=read.number("AZURE_OPENAI_DEADLINE", min(RetrySettings.deadline, 0.9 * deadline_cap), low=0.5),
         max_concurrency=int(read.number("AZURE_OPENAI_MAX_CONCURRENCY", RetrySettings.max_concurrency,
                                         low=1, high=1024, integer=True)),
     )

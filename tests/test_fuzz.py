@@ -18,7 +18,7 @@ import spec
 from app_client import post_completions
 from devserver.openai_emulator import validate_request as emulator_validates
 from shared.errors import AppError
-from shared.settings import Limits
+from shared.settings import Limits, SettingsError, load_settings
 from shared.validation import validate_completion_request
 
 LIMITS = Limits()
@@ -153,3 +153,24 @@ def test_handler_with_arbitrary_json(configure_app, emulators, document):
 def test_handler_with_near_valid_bodies(configure_app, emulators, body):
     configure_app(auth="key")
     _check(emulators, lambda: post_completions(body))
+
+
+# -- settings ------------------------------------------------------------------------------
+SETTING_VALUES = st.one_of(st.text(max_size=40), st.sampled_from(
+    ["", " ", "0", "-1", "1e309", "nan", "inf", "2.5", "https://[x", "http://", "https://x.openai.azure.com/",
+     "key", "default", "true", "00:00:01", "\x00"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(
+    ["AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_DEPLOYMENT", "AZURE_OPENAI_API_VERSION", "AZURE_OPENAI_AUTH",
+     "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_TIMEOUT", "AZURE_OPENAI_CONNECT_TIMEOUT", "AZURE_OPENAI_MAX_RETRIES",
+     "AZURE_OPENAI_DEADLINE", "AZURE_OPENAI_MAX_CONCURRENCY", "COMPLETIONS_MAX_BODY_BYTES", "COMPLETIONS_MAX_TOKENS",
+     "COMPLETIONS_LOG_TEXT", "OPENAI_API_BASE", "OPENAI_API_TYPE", "OPENAI_API_KEY"]), SETTING_VALUES))
+def test_any_settings_load_or_fail_as_settings_errors(environ):
+    """Whatever the app settings hold, reading them gives settings or a SettingsError (so the
+    functions still index and answer 503), never another exception."""
+    try:
+        load_settings(environ, function_timeout=lambda: 180.0)
+    except SettingsError as error:
+        assert error.problems and all(isinstance(reason, str) for reason in error.problems.values())

@@ -14,24 +14,29 @@ def _all_logs(caplog) -> str:
     return "\n".join(record.getMessage() for record in caplog.records)
 
 
-def test_logs_never_contain_keys_tokens_or_the_identity_secret(configure_app, emulators, caplog):
+def test_logs_never_contain_keys_tokens_or_the_identity_secret(configure_app, emulators, caplog, capfd):
+    """Every record at DEBUG, with tracebacks (caplog.text), and whatever reached stdout/stderr."""
     requests.post(emulators.identity.base_url + "/_emulator/config", json={"token_lifetime": 302},
                   timeout=5).raise_for_status()
     with caplog.at_level(logging.DEBUG):
-        configure_app()
-        assert post_completions(SEED).status == 200
-        time.sleep(2.2)  # past the refresh margin: a second token request
-        assert post_completions(SEED).status == 200
-        configure_app(auth="key")
-        assert post_completions(SEED).status == 200
-        configure_app(auth="key", AZURE_OPENAI_API_KEY="wrong-key-value-123", AZURE_OPENAI_MAX_RETRIES="0")
-        assert post_completions(SEED).status == 502
-    text = _all_logs(caplog)
+        for log_text in ("false", "true"):
+            configure_app(COMPLETIONS_LOG_TEXT=log_text)
+            assert post_completions(SEED).status == 200
+            time.sleep(2.2)  # past the refresh margin: another token request
+            assert post_completions(SEED).status == 200
+            configure_app(auth="key", COMPLETIONS_LOG_TEXT=log_text)
+            assert post_completions(SEED).status == 200
+            configure_app(auth="key", AZURE_OPENAI_API_KEY="wrong-key-value-123", AZURE_OPENAI_MAX_RETRIES="0",
+                          COMPLETIONS_LOG_TEXT=log_text)
+            assert post_completions(SEED).status == 502
+        time.sleep(0.2)  # background refreshes log from their own thread
+    captured = capfd.readouterr()
+    text = caplog.text + captured.out + captured.err
     assert emulators.openai.api_key not in text
     assert "wrong-key-value-123" not in text
     assert emulators.identity.header not in text
     assert "eyJ" not in text  # any JWT starts with a base64 '{"'
-    assert text.count("completion request_id=") == 4
+    assert caplog.text.count("completion request_id=") == 8
 
 
 def test_one_line_per_invocation_with_the_facts(configure_app, caplog):

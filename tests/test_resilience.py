@@ -7,6 +7,7 @@ Time bounds are generous: these machines are shared.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,9 @@ import pytest
 import requests
 
 from app_client import SEED, post_completions
+from shared.completion_client import CompletionClient
+from shared.errors import AppError
+from shared.retry import Deadline
 
 FAST = {"AZURE_OPENAI_TIMEOUT": "0.5", "AZURE_OPENAI_CONNECT_TIMEOUT": "0.5", "AZURE_OPENAI_DEADLINE": "6"}
 SLACK = 1.5  # seconds of scheduling noise tolerated on top of a bound
@@ -79,7 +83,7 @@ def test_retry_after_beyond_the_deadline_returns_429_at_once(configure_app, emul
     assert elapsed < 1.0
 
 
-def test_429_without_retry_after_backs_off_and_still_answers_with_one(configure_app, emulators):
+def test_final_429_without_retry_after_still_tells_the_caller_when(configure_app, emulators):
     configure_app(**FAST, AZURE_OPENAI_MAX_RETRIES="0")
     inject(emulators, {"status": 429})
     reply, _ = timed()
@@ -149,6 +153,28 @@ def test_each_attempt_timeout_shrinks_to_the_deadline(configure_app, emulators):
     assert elapsed < 1 + SLACK  # not the 30 s per-attempt timeout
 
 
+def test_a_slow_token_and_a_slow_upstream_together_stay_within_the_deadline(configure_app, emulators):
+    """The time spent getting a token counts: the attempt's HTTP timeouts shrink to what is left."""
+    identity(emulators, token_lifetime=3600)
+    requests.post(emulators.identity.base_url + "/_emulator/faults", json=[{"delay_ms": 1500}],
+                  timeout=5).raise_for_status()
+    inject(emulators, {"delay_ms": 10000})
+    configure_app(AZURE_OPENAI_TIMEOUT="30", AZURE_OPENAI_CONNECT_TIMEOUT="5", AZURE_OPENAI_DEADLINE="3",
+                  AZURE_OPENAI_MAX_RETRIES="0")
+    reply, elapsed = timed()
+    assert_outcome(reply, 504, "upstream_timeout")
+    assert 1.5 <= elapsed < 3 + SLACK
+
+
+def test_content_filter_error_of_an_unexpected_shape_is_still_a_400(configure_app, emulators):
+    configure_app(**FAST)
+    inject(emulators, {"status": 400, "raw": json.dumps({"error": {"code": "content_filter", "message": "x",
+                                                                   "innererror": "not an object"}})})
+    reply, _ = timed()
+    assert_outcome(reply, 400, "content_filter")
+    assert reply.body["error"]["content_filter_result"] == {}
+
+
 def test_409_does_not_loop(configure_app, emulators):
     configure_app(**FAST)
     inject(emulators, {"status": 409}, {"status": 409}, {"status": 409})
@@ -205,6 +231,9 @@ def test_identity_blip_is_retried_within_the_deadline(configure_app, emulators):
     configure_app(**FAST)
     reply, _ = timed()
     assert_outcome(reply, 200)
+    identity_stats = requests.get(emulators.identity.base_url + "/_emulator/stats", timeout=5).json()
+    assert identity_stats["requests_by_status"] == {"dropped": 1, "200": 1}  # the app asked again
+    assert upstream_attempts(emulators) == 1  # and called upstream only with a token
 
 
 def test_identity_endpoint_down_while_a_valid_token_is_cached(configure_app, emulators):
@@ -231,13 +260,25 @@ def test_concurrency_cap_queues_calls_beyond_it(configure_app, emulators):
 
 
 def test_concurrency_cap_sheds_with_503_when_no_slot_frees_in_time(configure_app, emulators):
-    _latency(emulators, 2000)
-    configure_app(AZURE_OPENAI_TIMEOUT="5", AZURE_OPENAI_DEADLINE="1", AZURE_OPENAI_MAX_CONCURRENCY="2")
+    """Two long calls hold both slots; calls whose deadline ends first never reach upstream."""
+    _latency(emulators, 1500)
+    settings = configure_app(auth="key", AZURE_OPENAI_MAX_CONCURRENCY="2", AZURE_OPENAI_TIMEOUT="5").settings
+    client = CompletionClient(settings.upstream, settings.retry, None)
+
+    def call(deadline: float):
+        try:
+            return client.complete({"prompt": "x"}, Deadline(deadline), "r").attempts
+        except AppError as error:
+            return error
+
     with ThreadPoolExecutor(4) as pool:
-        replies = list(pool.map(lambda _: post_completions(SEED), range(4)))
-    assert sorted(r.status for r in replies) == [503, 503, 504, 504]
-    shed = [r for r in replies if r.status == 503]
-    assert all(r.body["error"]["code"] == "overloaded" and r.headers["Retry-After"] == "1" for r in shed)
+        holders = [pool.submit(call, 5) for _ in range(2)]
+        time.sleep(0.3)
+        late = [pool.submit(call, 0.5) for _ in range(2)]
+        results = [f.result() for f in holders + late]
+    assert results[:2] == [1, 1]
+    assert all(isinstance(r, AppError) and r.code == "overloaded" and r.status == 503 and r.retry_after == 1
+               for r in results[2:])
     assert upstream_attempts(emulators) == 2
 
 

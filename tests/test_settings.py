@@ -83,6 +83,7 @@ def test_our_names_win_over_the_seed_names():
     ({"AZURE_OPENAI_ENDPOINT": "  "}, "AZURE_OPENAI_ENDPOINT"),
     ({"AZURE_OPENAI_ENDPOINT": "http://example.openai.azure.com"}, "AZURE_OPENAI_ENDPOINT"),
     ({"AZURE_OPENAI_ENDPOINT": "example.openai.azure.com"}, "AZURE_OPENAI_ENDPOINT"),
+    ({"AZURE_OPENAI_ENDPOINT": "https://[bad-ipv6"}, "AZURE_OPENAI_ENDPOINT"),
     ({"AZURE_OPENAI_DEPLOYMENT": None}, "AZURE_OPENAI_DEPLOYMENT"),
     ({"AZURE_OPENAI_DEPLOYMENT": "a/b"}, "AZURE_OPENAI_DEPLOYMENT"),
     ({"AZURE_OPENAI_API_VERSION": "latest"}, "AZURE_OPENAI_API_VERSION"),
@@ -134,6 +135,13 @@ def test_function_timeout_comes_from_host_json(tmp_path):
     (tmp_path / "host.json").write_text(json.dumps({"version": "2.0", "functionTimeout": "-1"}))
     assert function_timeout_seconds(tmp_path / "host.json") is None
     assert function_timeout_seconds(tmp_path / "missing.json") is None
+
+
+@pytest.mark.parametrize("function_timeout", [30.0, 60.0, 120.0, 180.0, None])
+def test_the_default_deadline_fits_any_function_timeout(function_timeout):
+    settings = load_settings(BASE, function_timeout=lambda: function_timeout)
+    assert settings.retry.deadline < min(function_timeout or 230, 230)
+    assert settings.retry.deadline == min(120, 0.9 * min(function_timeout or 230, 230))
 
 
 def test_the_default_deadline_fits_the_repositorys_host_json():

@@ -41,6 +41,16 @@ def test_200_requests_over_16_threads_make_one_token_request(configure_app, emul
     assert stats["auth_modes"] == {"bearer": 200}
 
 
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds (background refreshes finish a little later)."""
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_token_is_refreshed_on_the_first_request_past_the_margin(configure_app, emulators):
     identity_config(emulators, token_lifetime=302)  # 2 s of freshness before the 5-minute margin
     configure_app()
@@ -48,9 +58,12 @@ def test_token_is_refreshed_on_the_first_request_past_the_margin(configure_app, 
     assert post_completions(SEED).status == 200
     assert emulator_stats(emulators)["tokens_issued"] == 1
     time.sleep(2.2)
+    started = time.monotonic()
+    assert post_completions(SEED).status == 200  # starts the refresh, served by the still-valid token
+    assert time.monotonic() - started < 1.0
+    assert wait_for(lambda: emulator_stats(emulators)["tokens_issued"] == 2)
     assert post_completions(SEED).status == 200
-    stats = emulator_stats(emulators)
-    assert stats["tokens_issued"] == 2 and stats["distinct_bearer_tokens"] == 2
+    assert emulator_stats(emulators)["distinct_bearer_tokens"] == 2
 
 
 def test_a_refresh_under_32_concurrent_requests_is_single_flight(configure_app, emulators):
@@ -58,6 +71,8 @@ def test_a_refresh_under_32_concurrent_requests_is_single_flight(configure_app, 
     configure_app()
     assert post_completions(SEED).status == 200
     time.sleep(2.2)
+    assert run_concurrently(32, 32) == [200] * 32
+    assert wait_for(lambda: emulator_stats(emulators)["tokens_issued"] == 2)
     assert run_concurrently(32, 32) == [200] * 32
     assert emulator_stats(emulators)["tokens_issued"] == 2
 
@@ -68,13 +83,17 @@ def test_failing_refresh_keeps_serving_the_valid_cached_token(configure_app, emu
     assert post_completions(SEED).status == 200
     identity_config(emulators, outage="error")
     time.sleep(2.2)
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "shared.credentials"]
+
     with caplog.at_level(logging.WARNING, logger="shared.credentials"):
         assert [post_completions(SEED).status for _ in range(5)] == [200] * 5
+        assert wait_for(lambda: warnings())
     stats = emulator_stats(emulators)
     assert stats["tokens_issued"] == 1 and stats["distinct_bearer_tokens"] == 1
-    warnings = [r.getMessage() for r in caplog.records if r.name == "shared.credentials"]
-    assert warnings and "keeping the cached token" in warnings[0]
-    assert len(warnings) == 1  # one failed refresh, then a pause before asking again
+    assert "keeping the cached token" in warnings()[0]
+    assert len(warnings()) == 1  # one failed refresh, then a pause before asking again
 
 
 def test_openai_gets_a_session_factory_and_each_thread_its_own_session(configure_app, emulators):
@@ -101,6 +120,7 @@ def test_no_global_openai_configuration_and_no_interference(configure_app, emula
 
     with ThreadPoolExecutor(16) as pool:
         assert list(pool.map(one, range(200))) == [200] * 200
+    # Never "both": no key request carried a token, and no token request a key.
     assert emulator_stats(emulators)["auth_modes"] == {"api-key": 100, "bearer": 100}
     assert (openai.api_key, openai.api_base, openai.api_type, openai.api_version) == globals_before
     assert function_app.service is token_service
@@ -146,14 +166,16 @@ def test_cache_never_waits_past_the_deadline_when_the_endpoint_hangs():
     assert time.monotonic() - started < 1.5
 
 
-def test_cache_serves_a_valid_token_while_a_slow_refresh_runs():
-    credential = FakeCredential(lifetime=301)  # inside the 5-minute margin at once: always stale
+def test_cache_serves_a_valid_token_at_once_while_a_slow_refresh_runs():
+    credential = FakeCredential(lifetime=300)  # inside the 5-minute margin at once: always stale
     cache = TokenCache(lambda: credential, "scope")
     assert cache.get(Deadline(5)) == "token-1"
     credential.delay = 3
     started = time.monotonic()
-    assert cache.get(Deadline(5)) == "token-1"  # the refresh is slow: old token after a short wait
-    assert time.monotonic() - started < 2
+    for _ in range(10):
+        assert cache.get(Deadline(5)) == "token-1"  # the slow refresh runs in the background
+    assert time.monotonic() - started < 0.5
+    assert cache.refreshes == 2  # the first token, and one refresh for all ten
 
 
 def test_cache_reports_unavailable_without_any_valid_token():
@@ -163,10 +185,9 @@ def test_cache_reports_unavailable_without_any_valid_token():
 
 
 def test_bearer_auth_replaces_the_placeholder_and_drops_api_key():
-    cache = TokenCache(lambda: FakeCredential(), "scope")
     request = requests.Request("POST", "http://127.0.0.1/", headers={
         "Authorization": "Bearer placeholder", "api-key": "k"}).prepare()
-    with openai_session.call_auth(openai_session.BearerTokenAuth(cache, Deadline(5))):
+    with openai_session.call_auth(openai_session.BearerTokenAuth("token-1")):
         openai_session.new_session().auth(request)
     assert request.headers["Authorization"] == "Bearer token-1" and "api-key" not in request.headers
     untouched = requests.Request("POST", "http://127.0.0.1/", headers={"api-key": "k"}).prepare()
@@ -179,13 +200,14 @@ def test_the_credential_is_made_once_by_the_first_refresh():
 
     def make():
         made.append(1)
-        return FakeCredential(lifetime=301)  # always stale: every get refreshes
+        return FakeCredential(lifetime=300)  # inside the margin at once: every get starts a refresh
 
     cache = TokenCache(make, "scope", retry_interval=0)
     assert made == []  # nothing at construction (nor at import)
     for _ in range(3):
         cache.get(Deadline(5))
-    assert len(made) == 1
+        time.sleep(0.1)  # let the background refresh finish
+    assert cache.refreshes >= 3 and len(made) == 1
 
 
 def test_a_credential_that_cannot_be_made_is_credential_unavailable():
@@ -195,3 +217,4 @@ def test_a_credential_that_cannot_be_made_is_credential_unavailable():
     with pytest.raises(AppError) as caught:
         TokenCache(make, "scope").get(Deadline(1))
     assert caught.value.code == "credential_unavailable"
+    assert not caught.value.retryable  # a configuration problem: retrying cannot help
