@@ -29,7 +29,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import azure.functions as func
 
@@ -88,13 +88,12 @@ class Route:
     function_name: str
     template: str  # the full path template, prefix included
     methods: tuple[str, ...]
-    auth_level: str
     pattern: re.Pattern
     call: Callable[[func.HttpRequest], Any]
 
     def match(self, path: str) -> dict[str, str] | None:
         found = self.pattern.fullmatch(path)
-        return None if found is None else {k: v for k, v in found.groupdict().items() if v is not None}
+        return None if found is None else {k: unquote(v) for k, v in found.groupdict().items() if v is not None}
 
 
 def compile_template(template: str) -> re.Pattern:
@@ -134,9 +133,7 @@ def http_routes(functions: list, prefix: str) -> tuple[list[Route], list[tuple[s
             continue
         template = "/".join(part for part in (prefix, str(spec.get("route") or name).strip("/")) if part)
         methods = tuple(m.upper() for m in (spec.get("methods") or ALL_METHODS))
-        auth_level = str(spec.get("authLevel", "FUNCTION")).lower()
-        routes.append(Route(name, template, methods, auth_level, compile_template(template),
-                            _caller(user_function, arg)))
+        routes.append(Route(name, template, methods, compile_template(template), _caller(user_function, arg)))
     return routes, skipped
 
 
@@ -182,8 +179,7 @@ class HostHandler(Handler):
             return self.send(200, str(response).encode(), "text/plain; charset=utf-8")
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
         content_type = response.headers.get("Content-Type") or f"{response.mimetype}; charset={response.charset}"
-        payload = b"" if self.command == "HEAD" else response.get_body()
-        self.send(response.status_code, payload, content_type, headers)
+        self.send(response.status_code, response.get_body(), content_type, headers)
 
 
 class DevHost(Server):

@@ -93,6 +93,7 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+    timeout = 300  # seconds a connection may sit idle, or a request body trickle in
     server: Server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
@@ -130,14 +131,17 @@ class Handler(BaseHTTPRequestHandler):
     # -- response ----------------------------------------------------------
     def send(self, status: int, body: bytes = b"", content_type: str | None = None,
              headers: Mapping[str, str] | None = None) -> None:
-        """Write status line, headers and body in a single send."""
+        """Write status line, headers and body in a single send (a HEAD answer gets the
+        headers of the body, not the body)."""
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:
             reason = ""
-        lines = [f"HTTP/1.1 {status} {reason}",
-                 f"Date: {formatdate(usegmt=True)}",
-                 f"Content-Length: {len(body)}"]
+        lines = [f"HTTP/1.1 {status} {reason}", f"Date: {formatdate(usegmt=True)}"]
+        if status >= 200 and status not in (204, 304):  # these carry no Content-Length (RFC 9110)
+            lines.append(f"Content-Length: {len(body)}")
+        if self.command == "HEAD":
+            body = b""
         if content_type:
             lines.append(f"Content-Type: {content_type}")
         for name, value in (headers or {}).items():

@@ -387,14 +387,14 @@ class OpenAIHandler(ControlHandler):
         state = self.state
         client_request_id = self.headers.get("X-Request-Id")
         key = self.headers.get("api-key")
+        authorization = self.headers.get("Authorization", "")
         if key is not None:
-            state.saw("api-key", None, client_request_id)
+            state.saw("both" if authorization else "api-key", None, client_request_id)
             if secrets.compare_digest(key.encode(), state.api_key.encode()):
                 return None
             return _error("401", "Access denied due to invalid subscription key or wrong API endpoint. Make sure "
                                  "to provide a valid key for an active subscription and use a correct regional "
                                  "API endpoint for your resource.")
-        authorization = self.headers.get("Authorization", "")
         if authorization[:7].lower() == "bearer ":
             token = authorization[7:].strip()
             state.saw("bearer", token, client_request_id)

@@ -184,6 +184,18 @@ def test_invalid_bodies_are_400_with_azure_error_shape(emulators, body, param):
     assert set(error) == {"code", "message", "param", "type"}
 
 
+@pytest.mark.parametrize("api_version", spec.VERSIONS)
+def test_the_specs_own_example_is_accepted_by_the_emulator_and_the_app(emulators, api_version):
+    from shared.settings import Limits
+    from shared.validation import validate_completion_request
+
+    body = spec.example(api_version)["parameters"]["body"]
+    assert spec.request_errors(api_version, body) == []
+    assert validate_completion_request(body, Limits()) == body
+    response = post(emulators, body, api_version=api_version)
+    assert response.status_code == 200 and spec.response_errors(api_version, response.json()) == []
+
+
 def test_the_spec_itself_rejects_what_the_emulator_rejects_on_schema_grounds():
     """Guard against the emulator drifting from the spec: pure schema violations above are
     violations of the 2024-10-21 request schema too (semantic rules like best_of >= n aside)."""
