@@ -218,3 +218,22 @@ def test_a_credential_that_cannot_be_made_is_credential_unavailable():
         TokenCache(make, "scope").get(Deadline(1))
     assert caught.value.code == "credential_unavailable"
     assert not caught.value.retryable  # a configuration problem: retrying cannot help
+
+
+def test_azure_identity_does_not_retry_on_its_own(emulators, monkeypatch):
+    """The app's retry policy and deadline decide: one token-endpoint failure is one request."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from shared.credentials import build_credential
+    from shared.settings import RetrySettings, UpstreamSettings
+
+    monkeypatch.setenv("IDENTITY_ENDPOINT", emulators.identity.endpoint)
+    monkeypatch.setenv("IDENTITY_HEADER", emulators.identity.header)
+    requests.post(emulators.identity.base_url + "/_emulator/faults", json=[{"status": 500}],
+                  timeout=5).raise_for_status()
+    credential = build_credential(UpstreamSettings("http://127.0.0.1:9", "d", "2024-10-21", "managed_identity"),
+                                  RetrySettings())
+    with pytest.raises(ClientAuthenticationError):  # CredentialUnavailableError is one
+        credential.get_token("https://cognitiveservices.azure.com/.default")
+    stats = requests.get(emulators.identity.base_url + "/_emulator/stats", timeout=5).json()
+    assert stats["token_requests"] == 1
