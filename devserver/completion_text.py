@@ -11,7 +11,6 @@ delicious and the waiter" it continues " was friendly and attentive ... evening.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from dataclasses import dataclass
 
@@ -100,7 +99,3 @@ def logprobs_for(tokens: list[str], offset: int, top: int) -> dict:
         offset += len(token)
     return {"tokens": tokens, "token_logprobs": token_logprobs,
             "top_logprobs": top_logprobs, "text_offset": text_offset}
-
-
-def is_finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -84,6 +84,10 @@ _STRINGS = ("suffix", "user", "model")
 KNOWN_FIELDS = {"prompt", "stop", "logit_bias", *_INT_RANGES, *_NUMBER_RANGES, *_BOOLS, *_STRINGS}
 
 
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
     if low is not None and value < low:
         raise RequestInvalid(f"{value} is less than the minimum of {low} - '{name}'", name)
@@ -111,7 +115,7 @@ def validate_request(body: Any) -> dict:
         value = body.get(name)
         if value is None:
             continue
-        if not textgen.is_finite_number(value):
+        if not _is_finite_number(value):
             raise RequestInvalid(f"{json.dumps(value)} is not of type 'number' - '{name}'", name)
         _check_range(name, value, low, high)
     for name in _BOOLS:

@@ -21,11 +21,10 @@ class Deadline:
         return max(0.0, self.expires_at - time.monotonic())
 
 
-def backoff_seconds(retry_number: int, *, base: float = 0.5, cap: float = 8.0,
-                    rng: random.Random | None = None) -> float:
+def backoff_seconds(retry_number: int, *, base: float = 0.5, cap: float = 8.0) -> float:
     """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**(n-1)))."""
     ceiling = min(cap, base * 2 ** max(0, retry_number - 1))
-    return (rng or random).uniform(0, ceiling)
+    return random.uniform(0, ceiling)
 
 
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:

@@ -126,6 +126,9 @@ class _Reader:
         value = value.strip() if value else None
         return value or default
 
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        return int(self.number(name, default, low=low, high=high, integer=True))
+
     def number(self, name: str, default: float, *, low: float, high: float | None = None,
                integer: bool = False) -> float:
         raw = self.text(name)
@@ -209,23 +212,21 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     retry = RetrySettings(
         connect_timeout=read.number("AZURE_OPENAI_CONNECT_TIMEOUT", RetrySettings.connect_timeout, low=0.1, high=60),
         read_timeout=read.number("AZURE_OPENAI_TIMEOUT", RetrySettings.read_timeout, low=0.1, high=600),
-        max_retries=int(read.number("AZURE_OPENAI_MAX_RETRIES", RetrySettings.max_retries, low=0, high=10,
-                                    integer=True)),
+        max_retries=read.integer("AZURE_OPENAI_MAX_RETRIES", RetrySettings.max_retries, low=0, high=10),
         # The default leaves a tenth of the cap for everything around the upstream call.
         deadline=read.number("AZURE_OPENAI_DEADLINE", min(RetrySettings.deadline, 0.9 * deadline_cap), low=0.5),
-        max_concurrency=int(read.number("AZURE_OPENAI_MAX_CONCURRENCY", RetrySettings.max_concurrency,
-                                        low=1, high=1024, integer=True)),
+        max_concurrency=read.integer("AZURE_OPENAI_MAX_CONCURRENCY", RetrySettings.max_concurrency, low=1, high=1024),
     )
     if retry.deadline >= deadline_cap and "AZURE_OPENAI_DEADLINE" not in read.problems:
         where = "host.json functionTimeout" if deadline_cap < FRONT_END_LIMIT_SECONDS else "Azure's 230 s HTTP limit"
         read.problems["AZURE_OPENAI_DEADLINE"] = f"must stay under {where} ({deadline_cap:g} s)"
     limits = Limits(
-        max_body_bytes=int(read.number("COMPLETIONS_MAX_BODY_BYTES", Limits.max_body_bytes, low=1024,
-                                       high=64 * 1024 * 1024, integer=True)),
-        max_prompts=int(read.number("COMPLETIONS_MAX_PROMPTS", Limits.max_prompts, low=1, high=2048, integer=True)),
-        max_tokens=int(read.number("COMPLETIONS_MAX_TOKENS", Limits.max_tokens, low=1, high=128_000, integer=True)),
-        max_n=int(read.number("COMPLETIONS_MAX_N", Limits.max_n, low=1, high=128, integer=True)),
-        max_best_of=int(read.number("COMPLETIONS_MAX_BEST_OF", Limits.max_best_of, low=1, high=20, integer=True)),
+        max_body_bytes=read.integer("COMPLETIONS_MAX_BODY_BYTES", Limits.max_body_bytes, low=1024,
+                                    high=64 * 1024 * 1024),
+        max_prompts=read.integer("COMPLETIONS_MAX_PROMPTS", Limits.max_prompts, low=1, high=2048),
+        max_tokens=read.integer("COMPLETIONS_MAX_TOKENS", Limits.max_tokens, low=1, high=128_000),
+        max_n=read.integer("COMPLETIONS_MAX_N", Limits.max_n, low=1, high=128),
+        max_best_of=read.integer("COMPLETIONS_MAX_BEST_OF", Limits.max_best_of, low=1, high=20),
     )
     log_text = read.flag("COMPLETIONS_LOG_TEXT")
     if read.problems:
