@@ -38,7 +38,7 @@ class Emulators:
               token_lifetime: float = DEFAULT_TOKEN_LIFETIME, api_key: str | None = None,
               token_secret: str | None = None, only: str | None = None) -> "Emulators":
         """Both servers (or ``only`` one), serving on daemon threads. ``port`` is the
-        OpenAI emulator's; the identity endpoint takes the next free port."""
+        OpenAI emulator's; the identity endpoint takes any free port."""
         signer = TokenSigner(token_secret)
         identity = openai = None
         if only in (None, "identity"):

@@ -63,3 +63,15 @@ def test_prompt_and_completion_text_are_logged_only_when_asked(configure_app, ca
     with caplog.at_level(logging.DEBUG):
         reply = post_completions(SEED)
     assert SEED["prompt"] in _all_logs(caplog) and reply.body["text"] in _all_logs(caplog)
+
+
+def test_openai_log_switch_is_warned_about(configure_app, monkeypatch, caplog):
+    """openai 0.28 prints request bodies to stderr itself when OPENAI_LOG is set."""
+    monkeypatch.setenv("OPENAI_LOG", "debug")
+    with caplog.at_level(logging.WARNING, logger="shared.service"):
+        configure_app()
+    assert "OPENAI_LOG is set" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="shared.service"):
+        configure_app(COMPLETIONS_LOG_TEXT="true")  # text logging asked for: nothing to warn about
+    assert "OPENAI_LOG" not in caplog.text
