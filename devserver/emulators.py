@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
+from .control_client import EmulatorControl
 from .identity_emulator import DEFAULT_TOKEN_LIFETIME, IdentityServer
 from .openai_emulator import DEFAULT_DEPLOYMENTS, OpenAIServer
 from .tokens import TokenSigner
@@ -48,6 +52,16 @@ class Emulators:
             openai = OpenAIServer(host, port, api_key=api_key, signer=signer, latency_ms=latency_ms,
                                   identity=identity.state if identity else None).start()
         return cls(openai, identity)
+
+    @property
+    def openai_control(self) -> EmulatorControl:
+        assert self.openai is not None
+        return EmulatorControl(self.openai.base_url)
+
+    @property
+    def identity_control(self) -> EmulatorControl:
+        assert self.identity is not None
+        return EmulatorControl(self.identity.base_url)
 
     def stop(self) -> None:
         for server in (self.openai, self.identity):
@@ -82,6 +96,40 @@ class Emulators:
         return settings
 
 
+class EmulatorProcess:
+    """The emulators in a process of their own, through the command line above: for
+    measurements and tests where the emulators' threads must not compete with the app
+    for this process's CPU and GIL (as a real Azure OpenAI would not)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "devserver.emulators", *args],
+                                        cwd=Path(__file__).resolve().parent.parent, env=env or dict(os.environ),
+                                        stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self.process.stdout.readline())
+        self.openai_control = EmulatorControl(self.info["endpoint"])
+        self.identity_control = EmulatorControl(self.info["identity_endpoint"].rsplit("/msi/", 1)[0])
+
+    def app_settings(self, auth: str = "managed_identity", deployment: str = DEFAULT_DEPLOYMENT) -> dict[str, str]:
+        settings = {"AZURE_OPENAI_ENDPOINT": self.info["endpoint"], "AZURE_OPENAI_DEPLOYMENT": deployment,
+                    "AZURE_OPENAI_AUTH": auth}
+        if auth == "key":
+            settings["AZURE_OPENAI_API_KEY"] = self.info["api_key"]
+        else:
+            settings.update(IDENTITY_ENDPOINT=self.info["identity_endpoint"],
+                            IDENTITY_HEADER=self.info["identity_header"])
+        return settings
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+    def __enter__(self) -> "EmulatorProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devserver.emulators", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -110,4 +158,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["Emulators", "DEFAULT_DEPLOYMENT", "DEFAULT_DEPLOYMENTS", "main"]
+__all__ = ["Emulators", "EmulatorProcess", "DEFAULT_DEPLOYMENT", "DEFAULT_DEPLOYMENTS", "main"]

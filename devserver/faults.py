@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-_KEYS = {"status", "retry_after", "retry_after_ms", "delay_ms", "drop", "raw"}
+_KEYS = {"status", "retry_after", "retry_after_ms", "delay_ms", "drop", "raw", "raw_base64", "headers",
+         "drip_ms", "size", "chunked"}
+MAX_SIZE = 1024 ** 3
 
 
 @dataclass(frozen=True)
 class Fault:
     """One misbehaviour. ``status`` answers with that status (and a service-shaped
-    error body, or ``raw`` as the body); ``delay_ms`` answers late (normally, unless
-    ``status`` is set too); ``drop`` closes the connection without answering."""
+    error body, or ``raw`` / ``raw_base64`` as the body); ``delay_ms`` answers late
+    (normally, unless ``status`` is set too); ``drop`` closes the connection without
+    answering; ``headers`` adds response headers (a ``Location`` for a redirect, say);
+    ``drip_ms`` sends the whole answer one byte every that many milliseconds;
+    ``size`` answers 200 with a JSON body of that many bytes (``chunked``: without a
+    Content-Length), for response-size limits."""
 
     status: int | None = None
     retry_after: float | None = None
     retry_after_ms: int | None = None
     delay_ms: int = 0
     drop: bool = False
-    raw: str | None = None
+    raw: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    drip_ms: int = 0
+    size: int | None = None
+    chunked: bool = False
 
     @classmethod
     def parse(cls, spec: Any) -> "Fault":
@@ -49,9 +61,30 @@ class Fault:
         raw = spec.get("raw")
         if raw is not None and not isinstance(raw, str):
             raise ValueError("raw must be a string")
-        if status is None and not (drop or delay_ms) and raw is None:
-            raise ValueError("a fault needs status, delay_ms, drop or raw")
-        return cls(status, retry_after, retry_after_ms, delay_ms, drop, raw)
+        raw_bytes = raw.encode() if raw is not None else None
+        if spec.get("raw_base64") is not None:
+            try:
+                raw_bytes = base64.b64decode(str(spec["raw_base64"]), validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("raw_base64 must be base64") from None
+        headers = spec.get("headers", {})
+        if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                    and "\n" not in k + v and "\r" not in k + v
+                                                    for k, v in headers.items()):
+            raise ValueError("headers must map names to single-line strings")
+        drip_ms = spec.get("drip_ms", 0)
+        if type(drip_ms) is not int or drip_ms < 0:
+            raise ValueError("drip_ms must be a non-negative integer")
+        size = spec.get("size")
+        if size is not None and (type(size) is not int or not 0 < size <= MAX_SIZE):
+            raise ValueError(f"size must be an integer from 1 to {MAX_SIZE}")
+        chunked = spec.get("chunked", False)
+        if type(chunked) is not bool:
+            raise ValueError("chunked must be a boolean")
+        if status is None and not (drop or delay_ms or drip_ms or size) and raw_bytes is None:
+            raise ValueError("a fault needs status, delay_ms, drop, raw, drip_ms or size")
+        return cls(status, retry_after, retry_after_ms, delay_ms, drop, raw_bytes, dict(headers), drip_ms, size,
+                   chunked)
 
 
 class FaultQueue:

@@ -16,7 +16,7 @@ import threading
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import SplitResult, urlsplit
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -95,6 +95,7 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     timeout = 300  # seconds a connection may sit idle, or a request body trickle in
     server: Server
+    drip: tuple[float, Callable[[float], bool]] | None = None  # (interval, sleep): send the next answer slowly
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         pass
@@ -129,27 +130,58 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile.readline(3)
 
     # -- response ----------------------------------------------------------
-    def send(self, status: int, body: bytes = b"", content_type: str | None = None,
-             headers: Mapping[str, str] | None = None) -> None:
-        """Write status line, headers and body in a single send (a HEAD answer gets the
-        headers of the body, not the body)."""
+    def _head(self, status: int, content_type: str | None, headers: Mapping[str, str] | None,
+              length: int | None) -> bytes:
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:
             reason = ""
         lines = [f"HTTP/1.1 {status} {reason}", f"Date: {formatdate(usegmt=True)}"]
-        if status >= 200 and status not in (204, 304):  # these carry no Content-Length (RFC 9110)
-            lines.append(f"Content-Length: {len(body)}")
-        if self.command == "HEAD":
-            body = b""
+        if length is None:
+            lines.append("Transfer-Encoding: chunked")
+        elif status >= 200 and status not in (204, 304):  # these carry no Content-Length (RFC 9110)
+            lines.append(f"Content-Length: {length}")
         if content_type:
             lines.append(f"Content-Type: {content_type}")
         for name, value in (headers or {}).items():
             lines.append(f"{name}: {value}")
         if self.close_connection:
             lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
-        self.wfile.write(head + body)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+    def send(self, status: int, body: bytes = b"", content_type: str | None = None,
+             headers: Mapping[str, str] | None = None) -> None:
+        """Write status line, headers and body in a single send (a HEAD answer gets the
+        headers of the body, not the body)."""
+        if self.drip is not None:  # set by a fault for this one answer
+            interval, sleep = self.drip
+            self.drip = None
+            return self.send_dripping(status, body, content_type, headers, interval, sleep)
+        head = self._head(status, content_type, headers, len(body))
+        self.wfile.write(head + (b"" if self.command == "HEAD" else body))
+
+    def send_stream(self, status: int, pieces: Iterable[bytes], content_type: str | None = None,
+                    headers: Mapping[str, str] | None = None, *, length: int | None = None) -> None:
+        """Write a body as it is produced: with ``length``, as a Content-Length body; without,
+        chunked (RFC 9112 7.1)."""
+        self.wfile.write(self._head(status, content_type, headers, length))
+        for piece in pieces:
+            if piece:
+                self.wfile.write(piece if length is not None else b"%x\r\n%s\r\n" % (len(piece), piece))
+        if length is None:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def send_dripping(self, status: int, body: bytes, content_type: str | None, headers: Mapping[str, str] | None,
+                      interval: float, sleep: Callable[[float], bool]) -> None:
+        """The whole answer, status line included, one byte every ``interval`` seconds
+        (a slow-drip upstream); stops when ``sleep`` says so or the client leaves."""
+        data = self._head(status, content_type, headers, len(body)) + body
+        for index in range(len(data)):
+            self.wfile.write(data[index:index + 1])
+            self.wfile.flush()
+            if not sleep(interval):
+                self.close_connection = True
+                return
 
     def send_json(self, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> None:
         body = json.dumps(payload, separators=(",", ":")).encode()

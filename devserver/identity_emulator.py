@@ -15,6 +15,7 @@ the next token requests), ``POST /_emulator/config`` (``token_lifetime``,
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 import uuid
@@ -115,9 +116,12 @@ class IdentityHandler(ControlHandler):
             if fault.status is not None or fault.raw is not None:
                 status = fault.status or 200
                 state.count(status)
+                headers = dict(fault.headers)
+                if fault.retry_after is not None:
+                    headers["Retry-After"] = str(math.ceil(fault.retry_after))
                 if fault.raw is not None:
-                    return self.send(status, fault.raw.encode(), "application/json")
-                return self.send_json(status, _platform_error(status, "Injected failure."))
+                    return self.send(status, fault.raw, "application/json", headers)
+                return self.send_json(status, _platform_error(status, "Injected failure."), headers)
         while state.outage == "stall":  # hang until the outage ends
             if not state.sleeper.sleep(0.05):
                 return self.drop_connection()

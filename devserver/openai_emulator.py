@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import parse_qs, unquote
 
 from . import completion_text as textgen
@@ -268,6 +268,24 @@ _FAULT_ERRORS = {
 }
 
 
+def _sized_body(size: int) -> tuple[Iterator[bytes], int]:
+    """A completion-shaped JSON body of exactly ``size`` bytes (at least the frame's), produced
+    in 64 KiB pieces rather than held in memory."""
+    head, tail = b'{"choices": [{"index": 0, "text": "', b'"}], "usage": {}}'
+    filler = max(0, size - len(head) - len(tail))
+
+    def pieces() -> Iterator[bytes]:
+        yield head
+        left = filler
+        while left:
+            step = min(left, 65536)
+            yield b"x" * step
+            left -= step
+        yield tail
+
+    return pieces(), len(head) + filler + len(tail)
+
+
 class OpenAIHandler(ControlHandler):
     state: OpenAIState  # set on the subclass built by OpenAIServer
 
@@ -298,6 +316,7 @@ class OpenAIHandler(ControlHandler):
     # -- the completions operation ----------------------------------------
     def _completions(self, deployment: str, query: dict[str, list[str]]) -> None:
         self.state.arrived()
+        self.drip = None
         try:
             raw_body = self.read_body()
         except ValueError:
@@ -361,17 +380,25 @@ class OpenAIHandler(ControlHandler):
         if not self.state.sleeper.sleep(fault.delay_ms / 1000):
             self.drop_connection()
             return True
-        if fault.status is None and fault.raw is None:
-            return False
-        status = fault.status or 200
-        headers: dict[str, str] = {}
+        if fault.drip_ms:
+            self.drip = (fault.drip_ms / 1000, self.state.sleeper.sleep)
+        headers: dict[str, str] = dict(fault.headers)
         if fault.retry_after is not None:
             headers["retry-after"] = str(math.ceil(fault.retry_after))
         if fault.retry_after_ms is not None:
             headers["retry-after-ms"] = str(fault.retry_after_ms)
+        if fault.size is not None:
+            self.state.count(fault.status or 200)
+            pieces, length = _sized_body(fault.size)
+            self.send_stream(fault.status or 200, pieces, "application/json", headers,
+                             length=None if fault.chunked else length)
+            return True
+        if fault.status is None and fault.raw is None:
+            return False
+        status = fault.status or 200
         if fault.raw is not None:
             self.state.count(status)
-            self.send(status, fault.raw.encode(), "application/json", headers)
+            self.send(status, fault.raw, headers.pop("Content-Type", "application/json"), headers)
             return True
         if status == 429:
             wait = fault.retry_after if fault.retry_after is not None else 1
