@@ -3,6 +3,10 @@
 Thin on purpose: each function maps its trigger onto the shared completion
 pipeline (``shared.service``) and back. Settings are read once, here, at import;
 invalid settings never break indexing: requests then get 503 ``not_configured``.
+
+Every function is a coroutine: the worker runs them on its event loop, so one
+instance holds hundreds of completions waiting on Azure OpenAI at once, where
+sync functions would each hold one of the worker's few threads.
 """
 
 import json
@@ -31,14 +35,14 @@ def _http_response(outcome: Outcome, request_id: str) -> func.HttpResponse:
 
 
 @app.route(route="completions", methods=["POST"])
-def completions(req: func.HttpRequest) -> func.HttpResponse:
+async def completions(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/completions: a completion from the configured deployment."""
     request_id = request_id_for(req.headers.get("x-request-id"))
-    return _http_response(service.complete(req.get_body(), request_id), request_id)
+    return _http_response(await service.complete(req.get_body(), request_id), request_id)
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-def health(req: func.HttpRequest) -> func.HttpResponse:
+async def health(req: func.HttpRequest) -> func.HttpResponse:
     """GET /api/health: whether the settings are valid (names only, never values)."""
     request_id = request_id_for(req.headers.get("x-request-id"))
     return _http_response(service.health(), request_id)
@@ -46,17 +50,17 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.queue_trigger(arg_name="msg", queue_name=queues.requests, connection=STORAGE)
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
-def completion_from_queue(msg: func.QueueMessage, result: func.Out[str]) -> None:
+async def completion_from_queue(msg: func.QueueMessage, result: func.Out[str]) -> None:
     """A request message on the request queue; its answer goes to the results queue.
     Raises on transient failures so the host redelivers the message."""
     logging.info("queue message id=%s dequeue_count=%s", msg.id, msg.dequeue_count)
-    result.set(events.handle_request(service, recent_results, msg.get_body(), fallback_id=msg.id or uuid.uuid4().hex,
-                                     source="queue"))
+    result.set(await events.handle_request(service, recent_results, msg.get_body(),
+                                           fallback_id=msg.id or uuid.uuid4().hex, source="queue"))
 
 
 @app.queue_trigger(arg_name="msg", queue_name=queues.poison, connection=STORAGE)
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
-def completion_poisoned(msg: func.QueueMessage, result: func.Out[str]) -> None:
+async def completion_poisoned(msg: func.QueueMessage, result: func.Out[str]) -> None:
     """A request the host gave up on: answer it with a ``failed`` result (code ``poisoned``)."""
     logging.warning("poisoned queue message id=%s dequeue_count=%s", msg.id, msg.dequeue_count)
     result.set(events.poisoned_result(service, msg.get_body(), fallback_id=msg.id or uuid.uuid4().hex))
@@ -64,8 +68,8 @@ def completion_poisoned(msg: func.QueueMessage, result: func.Out[str]) -> None:
 
 @app.event_grid_trigger(arg_name="event")
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
-def completion_from_event_grid(event: func.EventGridEvent, result: func.Out[str]) -> None:
+async def completion_from_event_grid(event: func.EventGridEvent, result: func.Out[str]) -> None:
     """A custom Event Grid event whose ``data`` is a request; its answer goes to the results queue."""
     logging.info("event grid event id=%s type=%r subject=%r", event.id, event.event_type, event.subject)
-    result.set(events.handle_request(service, recent_results, event.get_json(), fallback_id=event.id,
-                                     source="eventgrid"))
+    result.set(await events.handle_request(service, recent_results, event.get_json(), fallback_id=event.id,
+                                           source="eventgrid"))

@@ -6,7 +6,8 @@ win, as with Core Tools), imports ``function_app``, reads each HTTP function's
 route, methods and route parameters from the app's own metadata, honours
 ``host.json``'s ``extensions.http.routePrefix``, and serves them over HTTP with
 one thread per connection, so requests run in parallel as on the Functions
-thread pool. Like Core Tools it does not check function keys locally.
+thread pool, and coroutine functions on one long-lived event loop, as the worker runs them.
+Like Core Tools it does not check function keys locally.
 
 When no Azure OpenAI endpoint is configured it also starts the emulators and
 points the app at them with managed-identity auth.
@@ -114,7 +115,7 @@ def compile_template(template: str) -> re.Pattern:
     return re.compile(regex or "/?", re.IGNORECASE)
 
 
-def http_routes(functions: list, prefix: str) -> tuple[list[Route], list[tuple[str, str]]]:
+def http_routes(functions: list, prefix: str, loop: AppLoop) -> tuple[list[Route], list[tuple[str, str]]]:
     """The app's HTTP functions as routes, and (name, reason) for each function not served."""
     routes, skipped = [], []
     for function in functions:
@@ -133,13 +134,31 @@ def http_routes(functions: list, prefix: str) -> tuple[list[Route], list[tuple[s
             continue
         template = "/".join(part for part in (prefix, str(spec.get("route") or name).strip("/")) if part)
         methods = tuple(m.upper() for m in (spec.get("methods") or ALL_METHODS))
-        routes.append(Route(name, template, methods, compile_template(template), _caller(user_function, arg)))
+        routes.append(Route(name, template, methods, compile_template(template), _caller(user_function, arg, loop)))
     return routes, skipped
 
 
-def _caller(user_function, arg: str) -> Callable[[func.HttpRequest], Any]:
+class AppLoop:
+    """The one long-lived event loop coroutine functions run on, on its own thread, as in
+    the Functions worker (never a loop per request: the app keeps its connections and
+    semaphores per loop)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="app-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+
+
+def _caller(user_function, arg: str, loop: AppLoop) -> Callable[[func.HttpRequest], Any]:
     if inspect.iscoroutinefunction(user_function):
-        return lambda request: asyncio.run(user_function(**{arg: request}))
+        return lambda request: loop.run(user_function(**{arg: request}))
     return lambda request: user_function(**{arg: request})
 
 
@@ -229,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         point_at_emulators(emulators)
     sys.path.insert(0, str(args.app_dir))
     app = importlib.import_module("function_app").app
-    routes, skipped = http_routes(app.get_functions(), route_prefix(args.app_dir / "host.json"))
+    loop = AppLoop()
+    routes, skipped = http_routes(app.get_functions(), route_prefix(args.app_dir / "host.json"), loop)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C included: stop cleanly, whenever it comes
         signal.signal(signum, lambda *_: stopped.set())
@@ -237,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     print(banner(host, skipped, emulators), flush=True)
     stopped.wait()
     host.stop()
+    loop.stop()
     if emulators is not None:
         emulators.stop()
     print("Dev host stopped.", flush=True)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import threading
-import time
 from concurrent.futures import Future
 from typing import Any, Callable, Protocol
 
 from .errors import credential_unavailable
-from .retry import Deadline
+from .retry import SYSTEM_CLOCK, Clock, Deadline
 from .settings import RetrySettings, UpstreamSettings
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,10 @@ log = logging.getLogger(__name__)
 REFRESH_MARGIN_SECONDS = 300.0  # refresh when the token is this close to expiry
 EXPIRY_SKEW_SECONDS = 10.0  # never send a token with less life left than this
 RETRY_INTERVAL_SECONDS = 2.0  # after a failed refresh, keep using a valid token this long before asking again
+FAILURE_BACKOFF_SECONDS = (1.0, 15.0)  # with no valid token: fail fast for 1 s, 2 s, 4 s ... capped, after failures
+# RFC 6750's b64token: what may follow "Bearer " in a header. Anything else (CR, LF, spaces,
+# non-ASCII) is a broken token endpoint, and must not reach a header or a log line.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class AccessTokenLike(Protocol):
@@ -31,12 +36,12 @@ class TokenCredentialLike(Protocol):
 def build_credential(upstream: UpstreamSettings, retry: RetrySettings) -> TokenCredentialLike:
     """The azure-identity credential for the configured auth mode.
 
-    Called by the token cache on its first refresh, not at import: azure-identity
+    Called by the token cache on a refresh thread, not at import: azure-identity
     and msal take ~0.1 s to load, which a key-auth app never needs and a
     managed-identity app pays with its first token request rather than while
-    the host indexes the functions. Its own retries are off (``retry_total=0``)
-    and its HTTP timeouts short: the caller's retry policy decides, within the
-    invocation's deadline.
+    the host indexes the functions (and never on the event loop). Its own
+    retries are off (``retry_total=0``) and its HTTP timeouts short: the
+    caller's retry policy decides, within the invocation's deadline.
     """
     transport_options = {"retry_total": 0, "connection_timeout": retry.connect_timeout,
                          "read_timeout": min(retry.read_timeout, 10.0)}
@@ -52,55 +57,97 @@ def build_credential(upstream: UpstreamSettings, retry: RetrySettings) -> TokenC
     raise ValueError(f"auth mode {upstream.auth!r} uses no credential")
 
 
+def quiet_identity_loggers(log_text: bool) -> None:
+    """azure-identity logs a failed token request at WARNING *with the exception's message*,
+    which can hold the token endpoint's raw response (a truncated one holds the token
+    itself), and msal logs response bodies at DEBUG. Unless the operator asked for text
+    logging, keep both where they cannot carry a body; the token cache logs each failure
+    itself, by type."""
+    if not log_text:
+        logging.getLogger("azure.identity").setLevel(logging.ERROR)
+        logging.getLogger("msal").setLevel(logging.WARNING)
+
+
 class CredentialConfigurationError(Exception):
     """The credential itself could not be created: retrying will not help."""
 
 
-class TokenCache:
-    """One cached token per process, refreshed ahead of expiry, shared by all threads.
+class InvalidToken(Exception):
+    """The token endpoint answered with a token the app must not use."""
 
-    - Fresh token (more than the margin left): returned without locking.
+
+class TokenCache:
+    """One cached token per identity and scope, refreshed ahead of expiry, shared by
+    every invocation on every thread and event loop of the process.
+
+    - Fresh token (more than the margin left): returned at once, no lock, no await.
     - Within the margin but still valid: returned at once, while one refresh runs
       in the background (single-flight: concurrent callers share it). A failed
       refresh is logged, and tried again after ``retry_interval``.
-    - No valid token: callers wait for the refresh up to their deadline, then
-      get 503 ``credential_unavailable`` (retryable, unless the credential
-      could not even be created).
-    The refresh runs on its own thread so that no caller waits past its deadline,
-    even when the token endpoint hangs.
+    - No valid token: callers await the refresh up to their deadline, then get
+      503 ``credential_unavailable``. A failed refresh is remembered for a growing
+      interval (1 s, 2 s, 4 s ... 15 s): callers in that window fail at once,
+      with ``Retry-After`` set to what is left of it, without a new token request;
+      each failure is logged once, however many callers it fails.
+    The refresh runs on its own thread (azure-identity is synchronous), awaited
+    with ``asyncio.wrap_future``, so the event loop never blocks on it and no
+    caller waits past its deadline, even when the token endpoint hangs. The lock
+    guards a few field assignments only; nothing waits while holding it.
+    After any failed refresh the credential is built anew: msal replays a throttled
+    or failed answer for up to an hour (``Retry-After``) on the same credential.
     """
 
     def __init__(self, credential: Callable[[], TokenCredentialLike], scope: str, *,
                  refresh_margin: float = REFRESH_MARGIN_SECONDS, retry_interval: float = RETRY_INTERVAL_SECONDS,
-                 clock: Callable[[], float] = time.time) -> None:
-        """``credential`` makes the credential; it is called by the first refresh."""
+                 failure_backoff: tuple[float, float] = FAILURE_BACKOFF_SECONDS, clock: Clock = SYSTEM_CLOCK) -> None:
+        """``credential`` makes the credential; it is called by the first refresh (and after failures)."""
         self._make_credential = credential
         self._credential: TokenCredentialLike | None = None
         self._scope = scope
         self._margin = refresh_margin
         self._retry_interval = retry_interval
+        self._failure_backoff = failure_backoff
         self._clock = clock
         self._lock = threading.Lock()
         self._token: AccessTokenLike | None = None
         self._refresh: Future | None = None
-        self._next_refresh_at = 0.0
+        self._next_refresh_at = 0.0  # with a usable token: no new refresh before this
+        self._failures = 0  # consecutive failed refreshes
+        self._failed_until = 0.0  # with no usable token: fail fast before this
+        self._failure_retryable = True
         self.refreshes = 0  # token requests started
 
-    def get(self, deadline: Deadline) -> str:
+    async def get(self, deadline: Deadline) -> str:
         token = self._token
-        now = self._clock()
+        now = self._clock.time()
         if token is not None and now < token.expires_on - self._margin:
             return token.token
         if token is not None and now < token.expires_on - EXPIRY_SKEW_SECONDS:
             self._start_refresh(now, have_usable=True)
             return token.token
+        if now < self._failed_until:
+            raise credential_unavailable(self._failure_retryable, retry_after=self._failed_until - now)
         refresh = self._start_refresh(now, have_usable=False)
+        assert refresh is not None
         try:
-            return refresh.result(timeout=deadline.remaining()).token
+            return (await asyncio.wait_for(asyncio.wrap_future(refresh), deadline.remaining())).token
         except CredentialConfigurationError:
             raise credential_unavailable(retryable=False) from None
-        except Exception:  # noqa: BLE001 - timed out, or failed (the refresh thread logs why)
-            raise credential_unavailable() from None
+        except Exception:  # noqa: BLE001 - timed out, or failed (the refresh thread logged why)
+            raise credential_unavailable(retry_after=self._retry_after(self._clock.time())) from None
+
+    def invalidate(self, token: str) -> None:
+        """Forget ``token`` (upstream refused it): the next caller gets a fresh one. The
+        credential goes too, or msal would answer the next request from its own cache
+        with the very token that was refused."""
+        with self._lock:
+            if self._token is not None and self._token.token == token:
+                self._token = None
+                if self._refresh is None:  # (a running refresh replaces the token anyway)
+                    self._credential = None
+
+    def _retry_after(self, now: float) -> float | None:
+        return self._failed_until - now if now < self._failed_until else None
 
     def _start_refresh(self, now: float, *, have_usable: bool) -> Future | None:
         with self._lock:
@@ -109,6 +156,7 @@ class TokenCache:
             if have_usable and now < self._next_refresh_at:
                 return None
             self._refresh = future = Future()
+            future.set_running_or_notify_cancel()  # a caller giving up must not cancel it for the others
             self.refreshes += 1
         threading.Thread(target=self._run_refresh, args=(future,), name="token-refresh", daemon=True).start()
         return future
@@ -116,35 +164,55 @@ class TokenCache:
     def _run_refresh(self, future: Future) -> None:
         try:
             token = self._credential_for_refresh().get_token(self._scope)
-        except Exception as exc:  # noqa: BLE001 - any credential failure is reported the same way
-            with self._lock:
-                self._refresh = None
-                self._next_refresh_at = self._clock() + self._retry_interval
-                previous = self._token
-            left = (previous.expires_on - self._clock()) if previous is not None else 0
-            if left > EXPIRY_SKEW_SECONDS:
-                log.warning("token refresh failed (%s); keeping the cached token, valid for %d s more",
-                            _describe(exc), left)
-            else:
-                log.warning("token request failed (%s)", _describe(exc))
+            self._check(token)
+        except Exception as exc:  # noqa: BLE001 - any credential failure is handled the same way
+            self._failed(exc)
             future.set_exception(exc)
             return
         with self._lock:
             self._token = token
             self._refresh = None
+            self._failures = 0
+            self._failed_until = 0.0
         future.set_result(token)
+
+    def _check(self, token: AccessTokenLike) -> None:
+        if not isinstance(token.token, str) or not _BEARER_TOKEN.fullmatch(token.token):
+            raise InvalidToken("the token is not a valid bearer token")
+        if token.expires_on - EXPIRY_SKEW_SECONDS <= self._clock.time():
+            raise InvalidToken("the token has already expired")
+
+    def _failed(self, exc: Exception) -> None:
+        low, high = self._failure_backoff
+        with self._lock:
+            now = self._clock.time()
+            self._refresh = None
+            self._credential = None  # a new one next time: msal would replay this failure
+            self._failures += 1
+            self._failed_until = now + min(high, low * 2 ** (self._failures - 1))
+            self._failure_retryable = not isinstance(exc, CredentialConfigurationError)
+            self._next_refresh_at = now + self._retry_interval
+            previous = self._token
+        left = (previous.expires_on - now) if previous is not None else 0
+        if left > EXPIRY_SKEW_SECONDS:
+            log.warning("token refresh failed (%s); keeping the cached token, valid for %d s more",
+                        describe(exc), left)
+        else:
+            log.warning("token request failed (%s); callers fail fast for %.0f s before the next request",
+                        describe(exc), self._failed_until - now)
 
     def _credential_for_refresh(self) -> TokenCredentialLike:
         if self._credential is None:  # only one refresh runs at a time: no race
             try:
                 self._credential = self._make_credential()
             except Exception as exc:  # noqa: BLE001 - e.g. an invalid identity configuration
-                raise CredentialConfigurationError(_describe(exc)) from exc
+                raise CredentialConfigurationError(type(exc).__name__) from exc
         return self._credential
 
 
-def _describe(exc: BaseException) -> str:
-    """Exception type and the first line of its message, shortened: enough to act on,
-    without dumping response bodies into the log."""
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first_line[:200]}" if first_line else type(exc).__name__
+def describe(exc: BaseException) -> str:
+    """An exception's type (and HTTP status, when it has one), never its message: the
+    message of a token-endpoint or transport error can hold a response body or a header
+    value, and so a token."""
+    status = getattr(exc, "status_code", None)
+    return f"{type(exc).__name__}, HTTP {status}" if isinstance(status, int) else type(exc).__name__

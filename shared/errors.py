@@ -11,6 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+# The longest Retry-After the app passes on: upstream (or a broken gateway) may ask
+# for hours, but a caller told to wait longer than this is better off asking again.
+MAX_RETRY_AFTER_SECONDS = 300
+
 
 class AppError(Exception):
     def __init__(self, status: int, code: str, message: str, *, param: str | None = None,
@@ -27,6 +31,7 @@ class AppError(Exception):
         # For the invocation's log line, not the caller.
         self.attempts = 0
         self.upstream_ms: float | None = None
+        self.upstream_status: int | None = None  # the HTTP status upstream answered, when it did
 
     def body(self, request_id: str) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -39,7 +44,7 @@ class AppError(Exception):
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+        return {"Retry-After": str(max(1, math.ceil(min(self.retry_after, MAX_RETRY_AFTER_SECONDS))))}
 
     def __repr__(self) -> str:
         return f"AppError({self.status}, {self.code!r})"
@@ -55,10 +60,10 @@ def not_configured(names: list[str]) -> AppError:
                     details={"settings": names})
 
 
-def credential_unavailable(retryable: bool = True) -> AppError:
+def credential_unavailable(retryable: bool = True, retry_after: float | None = None) -> AppError:
     message = ("Could not obtain a managed-identity token for Azure OpenAI." if retryable else
                "Could not create the identity credential: check AZURE_OPENAI_AUTH and AZURE_CLIENT_ID.")
-    return AppError(503, "credential_unavailable", message, retryable=retryable)
+    return AppError(503, "credential_unavailable", message, retryable=retryable, retry_after=retry_after)
 
 
 def internal_error() -> AppError:

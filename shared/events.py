@@ -82,7 +82,7 @@ def _failed(correlation_id: str, error: AppError) -> str:
     return json.dumps({"id": correlation_id, "status": "failed", "error": payload})
 
 
-def handle_request(service: CompletionService, recent: RecentResults, message: bytes | Any, *,
+async def handle_request(service: CompletionService, recent: RecentResults, message: bytes | Any, *,
                    fallback_id: str, source: str) -> str:
     """The result message (JSON) for one request message; RetryLater when it may succeed later.
 
@@ -109,7 +109,7 @@ def handle_request(service: CompletionService, recent: RecentResults, message: b
         log.info("%s request %r answered again from memory (a redelivery)", source, correlation_id)
         return remembered
 
-    outcome = service.complete(request, request_id_for(correlation_id), source=source)
+    outcome = await service.complete(request, request_id_for(correlation_id), source=source)
     if outcome.ok:
         result = json.dumps({"id": correlation_id, "status": "succeeded", "result": outcome.body})
         recent.put(key, result)

@@ -17,7 +17,7 @@ from typing import Any, Mapping, NamedTuple
 
 from .completion_client import CompletionClient, UpstreamResult
 from .errors import AppError, internal_error, not_configured
-from .retry import Deadline
+from .retry import SYSTEM_CLOCK, Clock, Deadline
 from .settings import Limits, Settings, SettingsError, load_settings
 from .validation import parse_json_body, validate_completion_request
 
@@ -46,13 +46,14 @@ class Outcome(NamedTuple):
 
 class CompletionService:
     def __init__(self, settings: Settings | None, client: CompletionClient | None,
-                 problems: Mapping[str, str] | None = None) -> None:
+                 problems: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
         self._client = client
         self._problems = dict(problems or {})
+        self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "CompletionService":
+    def from_settings(cls, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> "CompletionService":
         # openai 0.28 logs whole request bodies (prompts) at DEBUG; keep them out of the
         # logs unless the operator asked for text logging.
         logging.getLogger("openai").setLevel(logging.DEBUG if settings.log_text else logging.INFO)
@@ -61,35 +62,43 @@ class CompletionService:
                         "whatever COMPLETIONS_LOG_TEXT says; unset it to keep prompts out of the logs")
         tokens = None
         if settings.upstream.auth != "key":
-            from .credentials import TokenCache, build_credential  # identity modes only: not on key-auth cold start
+            # identity modes only: not on key-auth cold start
+            from .credentials import TokenCache, build_credential, quiet_identity_loggers
 
+            quiet_identity_loggers(settings.log_text)
             tokens = TokenCache(lambda: build_credential(settings.upstream, settings.retry),
-                                settings.upstream.token_scope)
-        return cls(settings, CompletionClient(settings.upstream, settings.retry, tokens))
+                                settings.upstream.token_scope, clock=clock)
+        return cls(settings, CompletionClient(settings.upstream, settings.retry, tokens, clock=clock), clock=clock)
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "CompletionService":
+    def from_environ(cls, environ: Mapping[str, str] | None = None, *,
+                     clock: Clock = SYSTEM_CLOCK) -> "CompletionService":
         """The service for this process's settings; unconfigured (answering 503) when they are invalid."""
         try:
             settings = load_settings(os.environ if environ is None else environ)
         except SettingsError as exc:
             log.error("the app is not configured: %s", exc)  # names and reasons only, never values
-            return cls(None, None, exc.problems)
-        return cls.from_settings(settings)
+            return cls(None, None, exc.problems, clock=clock)
+        return cls.from_settings(settings, clock=clock)
+
+    async def aclose(self) -> None:
+        """Close this service's connections on the running loop (shutdown, tests)."""
+        if self._client is not None:
+            await self._client.http.aclose()
 
     # -- requests ------------------------------------------------------------
-    def complete(self, request: bytes | Any, request_id: str, *, source: str = "http") -> Outcome:
+    async def complete(self, request: bytes | Any, request_id: str, *, source: str = "http") -> Outcome:
         """Run one completion. ``request`` is the raw body, or an already-decoded JSON document."""
         started = time.perf_counter()
         result: UpstreamResult | None = None
         params: dict[str, Any] = {}
         try:
             settings = self._configured()
-            deadline = Deadline(settings.retry.deadline)
+            deadline = Deadline(settings.retry.deadline, self._clock)
             data = parse_json_body(request, settings.limits) if isinstance(request, (bytes, bytearray)) else request
             params = validate_completion_request(data, settings.limits)
             assert self._client is not None
-            result = self._client.complete(params, deadline, request_id)
+            result = await self._client.complete(params, deadline, request_id)
             outcome = Outcome(200, shape_response(result.response, settings.upstream.deployment))
         except AppError as exc:
             outcome = Outcome(exc.status, exc.body(request_id), exc.headers(), exc)

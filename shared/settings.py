@@ -48,10 +48,12 @@ class UpstreamSettings:
 @dataclass(frozen=True)
 class RetrySettings:
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0  # per attempt
+    read_timeout: float = 30.0  # per attempt, in total (connect, send, wait, read)
     max_retries: int = 3
     deadline: float = 120.0  # whole invocation
-    max_concurrency: int = 32  # upstream calls in flight per instance
+    max_concurrency: int = 512  # upstream calls in flight per instance (an asyncio.Semaphore)
+    max_connections: int = 512  # kept-alive TCP connections per upstream host
+    max_response_bytes: int = 8 * 1024 * 1024  # larger upstream answers are refused as they arrive
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,8 @@ class _Reader:
         except ValueError:
             self.problems[name] = f"must be {'an integer' if integer else 'a number'}"
             return default
-        if not math.isfinite(value) or value < low or (high is not None and value > high):
+        # (math.isfinite overflows on a huge integer: integers need no finiteness check)
+        if (not integer and not math.isfinite(value)) or value < low or (high is not None and value > high):
             bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
             self.problems[name] = f"must be {bounds}"
             return default
@@ -209,13 +212,17 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     host_timeout = function_timeout()
     if host_timeout is not None:
         deadline_cap = min(deadline_cap, host_timeout)
+    concurrency = read.integer("AZURE_OPENAI_MAX_CONCURRENCY", RetrySettings.max_concurrency, low=1, high=4096)
     retry = RetrySettings(
         connect_timeout=read.number("AZURE_OPENAI_CONNECT_TIMEOUT", RetrySettings.connect_timeout, low=0.1, high=60),
         read_timeout=read.number("AZURE_OPENAI_TIMEOUT", RetrySettings.read_timeout, low=0.1, high=600),
         max_retries=read.integer("AZURE_OPENAI_MAX_RETRIES", RetrySettings.max_retries, low=0, high=10),
         # The default leaves a tenth of the cap for everything around the upstream call.
         deadline=read.number("AZURE_OPENAI_DEADLINE", min(RetrySettings.deadline, 0.9 * deadline_cap), low=0.5),
-        max_concurrency=read.integer("AZURE_OPENAI_MAX_CONCURRENCY", RetrySettings.max_concurrency, low=1, high=1024),
+        max_concurrency=concurrency,
+        max_connections=read.integer("AZURE_OPENAI_MAX_CONNECTIONS", concurrency, low=1, high=4096),
+        max_response_bytes=read.integer("AZURE_OPENAI_MAX_RESPONSE_BYTES", RetrySettings.max_response_bytes,
+                                        low=64 * 1024, high=256 * 1024 * 1024),
     )
     if retry.deadline >= deadline_cap and "AZURE_OPENAI_DEADLINE" not in read.problems:
         where = "host.json functionTimeout" if deadline_cap < FRONT_END_LIMIT_SECONDS else "Azure's 230 s HTTP limit"

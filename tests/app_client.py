@@ -1,27 +1,79 @@
-"""Invoke the app's functions as Microsoft documents: the decorated function's user
-function, called with a ``func.HttpRequest``; no host involved."""
+"""Invoke the app's functions as the Functions worker does: the decorated function's user
+function (a coroutine function), run on one long-lived event loop, called with a
+``func.HttpRequest``; no host involved."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
 import azure.functions as func
 
 import function_app
+from shared.retry import Clock
+
+T = TypeVar("T")
 
 SETTING_NAMES = (
     "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_DEPLOYMENT", "AZURE_OPENAI_API_VERSION", "AZURE_OPENAI_AUTH",
     "AZURE_OPENAI_API_KEY", "AZURE_CLIENT_ID", "AZURE_OPENAI_TOKEN_SCOPE", "AZURE_OPENAI_TIMEOUT",
     "AZURE_OPENAI_CONNECT_TIMEOUT", "AZURE_OPENAI_MAX_RETRIES", "AZURE_OPENAI_DEADLINE",
-    "AZURE_OPENAI_MAX_CONCURRENCY", "COMPLETIONS_MAX_BODY_BYTES", "COMPLETIONS_MAX_PROMPTS",
+    "AZURE_OPENAI_MAX_CONCURRENCY", "AZURE_OPENAI_MAX_CONNECTIONS", "AZURE_OPENAI_MAX_RESPONSE_BYTES",
+    "COMPLETIONS_MAX_BODY_BYTES", "COMPLETIONS_MAX_PROMPTS",
     "COMPLETIONS_MAX_TOKENS", "COMPLETIONS_MAX_N", "COMPLETIONS_MAX_BEST_OF", "COMPLETIONS_LOG_TEXT",
     "OPENAI_API_BASE", "OPENAI_API_KEY", "OPENAI_API_VERSION", "OPENAI_API_TYPE",
     "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_TENANT_ID",
     "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE", "IMDS_ENDPOINT",
 )
 SEED = {"prompt": "The food was delicious and the waiter", "stop": ".", "temperature": 0}
+
+
+class AppLoop:
+    """One event loop for the whole test session, on its own thread: the worker runs every
+    async invocation on one long-lived loop, and so do the tests (never ``asyncio.run`` per
+    call). Any thread may submit work; concurrent submissions run concurrently on the loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="app-loop", daemon=True).start()
+
+    def run(self, awaitable: Awaitable[T], timeout: float | None = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(_awaited(awaitable), self.loop).result(timeout)
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+LOOP = AppLoop()
+
+
+class SkippingClock(Clock):
+    """Real time, except that the app's sleeps (retry waits) are skipped: they move this
+    clock forward at once and are recorded in ``slept``. ``advance`` skips time by hand
+    (e.g. past a token's refresh margin). Network time stays real."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:  # type: ignore[override]
+        return time.monotonic() + self.skipped
+
+    def time(self) -> float:  # type: ignore[override]
+        return time.time() + self.skipped
+
+    async def sleep(self, seconds: float) -> None:  # type: ignore[override]
+        self.slept.append(seconds)
+        self.skipped += seconds
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        self.skipped += seconds
 
 
 @dataclass
@@ -38,14 +90,33 @@ def _reply(response: func.HttpResponse) -> Reply:
     return Reply(response.status_code, json.loads(raw), dict(response.headers), raw)
 
 
+def completions_request(body: Any = None, *, raw: bytes | None = None,
+                        headers: dict[str, str] | None = None) -> func.HttpRequest:
+    data = raw if raw is not None else json.dumps(body).encode()
+    return func.HttpRequest(method="POST", url="http://localhost:7071/api/completions", body=data,
+                            headers={"content-type": "application/json", **(headers or {})})
+
+
+async def call_completions(request: func.HttpRequest) -> Reply:
+    return _reply(await function_app.completions.build().get_user_function()(request))
+
+
 def post_completions(body: Any = None, *, raw: bytes | None = None,
                      headers: dict[str, str] | None = None) -> Reply:
-    data = raw if raw is not None else json.dumps(body).encode()
-    request = func.HttpRequest(method="POST", url="http://localhost:7071/api/completions", body=data,
-                               headers={"content-type": "application/json", **(headers or {})})
-    return _reply(function_app.completions.build().get_user_function()(request))
+    return LOOP.run(call_completions(completions_request(body, raw=raw, headers=headers)))
+
+
+def post_many(bodies: list[Any]) -> list[Reply]:
+    """Concurrent invocations on the one loop, as the worker runs a burst."""
+    async def burst() -> list[Reply]:
+        return list(await asyncio.gather(*(call_completions(completions_request(body)) for body in bodies)))
+    return LOOP.run(burst())
 
 
 def get_health() -> Reply:
     request = func.HttpRequest(method="GET", url="http://localhost:7071/api/health", body=b"")
-    return _reply(function_app.health.build().get_user_function()(request))
+    return LOOP.run(_health(request))
+
+
+async def _health(request: func.HttpRequest) -> Reply:
+    return _reply(await function_app.health.build().get_user_function()(request))

@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import shared.openai_session  # noqa: E402,F401 - openai's per-thread sessions must be ours from the start
+from app_client import LOOP, SkippingClock  # noqa: E402
 from devserver.emulators import Emulators  # noqa: E402
 
 
@@ -101,22 +100,29 @@ def emulators(running_emulators):
 
 
 def _reset(emulators: Emulators) -> None:
-    requests.post(emulators.openai.base_url + "/_emulator/reset").raise_for_status()
-    requests.post(emulators.openai.base_url + "/_emulator/config",
-                  json={"latency_ms": 0, "content_filter_phrase": "trip the content filter"}).raise_for_status()
-    requests.post(emulators.identity.base_url + "/_emulator/config",
-                  json={"token_lifetime": 3600, "outage": None}).raise_for_status()
+    emulators.openai_control.reset()
+    emulators.openai_control.config(latency_ms=0, content_filter_phrase="trip the content filter")
+    emulators.identity_control.config(token_lifetime=3600, outage=None)
 
 
 # -- the app, configured through its settings -------------------------------------
 @pytest.fixture
-def configure_app(emulators, monkeypatch):
+def clock():
+    """The app's clock for this test: real time, but retry waits are skipped and recorded."""
+    return SkippingClock()
+
+
+@pytest.fixture
+def configure_app(emulators, monkeypatch, clock):
     """Configure the app from settings, as the Functions host would (environment
     variables), and install the resulting service in function_app for this test.
-    ``configure_app(auth="key", AZURE_OPENAI_MAX_RETRIES="0", NAME=None)``; None unsets."""
+    ``configure_app(auth="key", AZURE_OPENAI_MAX_RETRIES="0", NAME=None)``; None unsets.
+    The services made are closed (their connections on the app loop) after the test."""
     import function_app
     from app_client import SETTING_NAMES
     from shared.service import CompletionService
+
+    made: list[CompletionService] = []
 
     def configure(auth: str | None = "managed_identity", **settings: str | None) -> CompletionService:
         for name in SETTING_NAMES:
@@ -128,11 +134,14 @@ def configure_app(emulators, monkeypatch):
         for name, value in values.items():
             if value is not None:
                 monkeypatch.setenv(name, value)
-        service = CompletionService.from_environ()
+        service = CompletionService.from_environ(clock=clock)
+        made.append(service)
         monkeypatch.setattr(function_app, "service", service)
         return service
 
-    return configure
+    yield configure
+    for service in made:
+        LOOP.run(service.aclose())
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
 import function_app
-from app_client import SEED
+from app_client import LOOP, SEED
 from devserver.enqueue import enqueue, wait_for_result
 from test_events import Out
 
@@ -67,7 +67,7 @@ def test_queue_round_trip_through_azurite(azurite, configure_app):
     msg = QueueMessage(id=received.id, body=base64.b64decode(received.content),
                        dequeue_count=received.dequeue_count, pop_receipt=received.pop_receipt)
     out = Out()
-    function_app.completion_from_queue.build().get_user_function()(msg, out)
+    LOOP.run(function_app.completion_from_queue.build().get_user_function()(msg, out))
     raw.delete_message(received)  # the host deletes the message once the function succeeded
 
     results = QueueClient.from_connection_string(azurite, "completion-results",

@@ -13,11 +13,11 @@ from shared.service import CompletionService
 
 
 def emulator_stats(emulators) -> dict:
-    return requests.get(emulators.openai.base_url + "/_emulator/stats", timeout=5).json()
+    return emulators.openai_control.stats()
 
 
 def inject(emulators, *faults) -> None:
-    requests.post(emulators.openai.base_url + "/_emulator/faults", json=list(faults), timeout=5).raise_for_status()
+    emulators.openai_control.faults(*faults)
 
 
 def direct_completion(emulators, body: dict) -> dict:
@@ -202,15 +202,14 @@ def test_other_upstream_failures_tell_misconfiguration_from_outage(configure_app
 
 
 def test_token_cannot_be_obtained_is_503_credential_unavailable(configure_app, emulators):
-    requests.post(emulators.identity.base_url + "/_emulator/config", json={"outage": "error"},
-                  timeout=5).raise_for_status()
+    emulators.identity_control.config(outage="error")
     configure_app(AZURE_OPENAI_DEADLINE="1.5")
     assert_error(post_completions(SEED), 503, "credential_unavailable")
     assert emulator_stats(emulators)["completion_requests"] == 0
 
 
 class _ExplodingClient:
-    def complete(self, params, deadline, request_id):
+    async def complete(self, params, deadline, request_id):
         raise RuntimeError("secret detail that must not leak")
 
 

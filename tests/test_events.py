@@ -12,11 +12,10 @@ from pathlib import Path
 
 import azure.functions as func
 import pytest
-import requests
 from azure.functions.queue import QueueMessage
 
 import function_app
-from app_client import SEED, SETTING_NAMES
+from app_client import LOOP, SEED, SETTING_NAMES
 from shared.events import RetryLater
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,13 +41,13 @@ def message(body, *, id_="msg-1", dequeue_count=1) -> QueueMessage:
 
 def from_queue(msg: QueueMessage) -> dict:
     out = Out()
-    function_app.completion_from_queue.build().get_user_function()(msg, out)
+    LOOP.run(function_app.completion_from_queue.build().get_user_function()(msg, out))
     return json.loads(out.value)
 
 
 def from_poison_queue(msg: QueueMessage) -> dict:
     out = Out()
-    function_app.completion_poisoned.build().get_user_function()(msg, out)
+    LOOP.run(function_app.completion_poisoned.build().get_user_function()(msg, out))
     return json.loads(out.value)
 
 
@@ -60,16 +59,16 @@ def event(data, *, id_="evt-1") -> func.EventGridEvent:
 
 def from_event_grid(evt: func.EventGridEvent) -> dict:
     out = Out()
-    function_app.completion_from_event_grid.build().get_user_function()(evt, out)
+    LOOP.run(function_app.completion_from_event_grid.build().get_user_function()(evt, out))
     return json.loads(out.value)
 
 
 def upstream_calls(emulators) -> int:
-    return requests.get(emulators.openai.base_url + "/_emulator/stats", timeout=5).json()["completion_requests"]
+    return emulators.openai_control.stats()["completion_requests"]
 
 
 def inject(emulators, *faults) -> None:
-    requests.post(emulators.openai.base_url + "/_emulator/faults", json=list(faults), timeout=5).raise_for_status()
+    emulators.openai_control.faults(*faults)
 
 
 @pytest.fixture(autouse=True)
@@ -128,13 +127,12 @@ def test_transient_failure_raises_so_the_host_redelivers(configure_app, emulator
     inject(emulators, fault)
     out = Out()
     with pytest.raises(RetryLater):
-        function_app.completion_from_queue.build().get_user_function()(message({"id": "t", **SEED}), out)
+        LOOP.run(function_app.completion_from_queue.build().get_user_function()(message({"id": "t", **SEED}), out))
     assert out.value is None  # nothing written: the retry will answer
 
 
 def test_identity_endpoint_down_raises(configure_app, emulators):
-    requests.post(emulators.identity.base_url + "/_emulator/config", json={"outage": "error"},
-                  timeout=5).raise_for_status()
+    emulators.identity_control.config(outage="error")
     configure_app(AZURE_OPENAI_DEADLINE="1")
     with pytest.raises(RetryLater):
         from_queue(message({"id": "t", **SEED}))

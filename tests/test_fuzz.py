@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -114,7 +113,7 @@ def test_parser_accepts_every_valid_body_unchanged(body):
 
 # -- the whole handler, over real sockets ------------------------------------------------
 def _upstream_calls(emulators) -> int:
-    return requests.get(emulators.openai.base_url + "/_emulator/stats", timeout=5).json()["completion_requests"]
+    return emulators.openai_control.stats()["completion_requests"]
 
 
 def _check(emulators, reply_for) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-import requests
 
 from app_client import SEED, post_completions
 
@@ -16,8 +15,7 @@ def _all_logs(caplog) -> str:
 
 def test_logs_never_contain_keys_tokens_or_the_identity_secret(configure_app, emulators, caplog, capfd):
     """Every record at DEBUG, with tracebacks (caplog.text), and whatever reached stdout/stderr."""
-    requests.post(emulators.identity.base_url + "/_emulator/config", json={"token_lifetime": 302},
-                  timeout=5).raise_for_status()
+    emulators.identity_control.config(token_lifetime=302)
     with caplog.at_level(logging.DEBUG):
         for log_text in ("false", "true"):
             configure_app(COMPLETIONS_LOG_TEXT=log_text)

@@ -1,21 +1,21 @@
 """Resilience against the emulators' injected faults, over real sockets.
 
 Each row of the fault matrix asserts the final status and code, the number of
-upstream attempts (from the emulator's own counter) and bounds on elapsed time.
-Time bounds are generous: these machines are shared.
+upstream attempts (from the emulator's own counter) and the waits the retry
+policy took. Waits are skipped by the test clock (``clock.slept`` records them);
+network time is real, and its bounds are generous: these machines are shared.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 
-from app_client import SEED, post_completions
+from app_client import LOOP, SEED, post_completions, post_many
 from shared.completion_client import CompletionClient
 from shared.errors import AppError
 from shared.retry import Deadline
@@ -25,11 +25,11 @@ SLACK = 1.5  # seconds of scheduling noise tolerated on top of a bound
 
 
 def inject(emulators, *faults) -> None:
-    requests.post(emulators.openai.base_url + "/_emulator/faults", json=list(faults), timeout=5).raise_for_status()
+    emulators.openai_control.faults(*faults)
 
 
 def upstream_attempts(emulators) -> int:
-    return requests.get(emulators.openai.base_url + "/_emulator/stats", timeout=5).json()["completion_requests"]
+    return emulators.openai_control.stats()["completion_requests"]
 
 
 def timed(body=SEED):
@@ -45,42 +45,51 @@ def assert_outcome(reply, status: int, code: str | None = None) -> None:
 
 
 # -- 429 and Retry-After -----------------------------------------------------------
-def test_429_with_retry_after_once_then_success(configure_app, emulators):
+def test_429_with_retry_after_once_then_success(configure_app, emulators, clock):
     configure_app(**FAST)
     inject(emulators, {"status": 429, "retry_after": 1})
-    reply, elapsed = timed()
+    reply, _ = timed()
     assert_outcome(reply, 200)
     assert upstream_attempts(emulators) == 2
-    assert 1.0 <= elapsed < 1.0 + SLACK
+    assert clock.slept == [1.0]
 
 
-def test_retry_after_ms_is_honoured_and_preferred(configure_app, emulators):
+def test_retry_after_ms_is_honoured_and_preferred(configure_app, emulators, clock):
     configure_app(**FAST)
     inject(emulators, {"status": 429, "retry_after": 5, "retry_after_ms": 1200})
-    reply, elapsed = timed()
+    reply, _ = timed()
     assert_outcome(reply, 200)
     assert upstream_attempts(emulators) == 2
-    assert 1.2 <= elapsed < 1.2 + SLACK  # not the 5 s of the coarser header
+    assert clock.slept == [1.2]  # not the 5 s of the coarser header
 
 
-def test_429_every_time_gives_429_with_retry_after_after_max_retries(configure_app, emulators):
+def test_429_every_time_gives_429_with_retry_after_after_max_retries(configure_app, emulators, clock):
     configure_app(**FAST, AZURE_OPENAI_MAX_RETRIES="2")
     inject(emulators, *[{"status": 429, "retry_after_ms": 100}] * 3)
-    reply, elapsed = timed()
+    reply, _ = timed()
     assert_outcome(reply, 429, "rate_limited")
     assert reply.headers["Retry-After"] == "1"
     assert upstream_attempts(emulators) == 3  # MAX_RETRIES + 1
-    assert elapsed < 0.2 + SLACK
+    assert clock.slept == [0.1, 0.1]
 
 
-def test_retry_after_beyond_the_deadline_returns_429_at_once(configure_app, emulators):
+def test_retry_after_beyond_the_deadline_returns_429_at_once(configure_app, emulators, clock):
     configure_app(**{**FAST, "AZURE_OPENAI_DEADLINE": "5"})
-    inject(emulators, {"status": 429, "retry_after": 600})
+    inject(emulators, {"status": 429, "retry_after": 200})
     reply, elapsed = timed()
     assert_outcome(reply, 429, "rate_limited")
-    assert reply.headers["Retry-After"] == "600"
+    assert reply.headers["Retry-After"] == "200"
     assert upstream_attempts(emulators) == 1
-    assert elapsed < 1.0
+    assert clock.slept == [] and elapsed < SLACK
+
+
+def test_retry_after_passed_to_callers_is_clamped(configure_app, emulators):
+    """A gateway asking for hours is not passed on as such: callers hear 300 s at most."""
+    configure_app(**FAST)
+    inject(emulators, {"status": 429, "retry_after": 86400})
+    reply, _ = timed()
+    assert_outcome(reply, 429, "rate_limited")
+    assert reply.headers["Retry-After"] == "300"
 
 
 def test_final_429_without_retry_after_still_tells_the_caller_when(configure_app, emulators):
@@ -106,24 +115,24 @@ TRANSIENT = {
 
 
 @pytest.mark.parametrize("case", list(TRANSIENT))
-def test_transient_failure_once_then_success(configure_app, emulators, case):
+def test_transient_failure_once_then_success(configure_app, emulators, clock, case):
     configure_app(**FAST)
     inject(emulators, TRANSIENT[case][0])
-    reply, elapsed = timed()
+    reply, _ = timed()
     assert_outcome(reply, 200)
     assert upstream_attempts(emulators) == 2
-    assert elapsed < 0.5 + SLACK  # first backoff is at most 0.5 s
+    assert len(clock.slept) == 1 and 0 <= clock.slept[0] <= 0.5  # first backoff: at most 0.5 s
 
 
 @pytest.mark.parametrize("case", list(TRANSIENT))
-def test_transient_failure_every_time(configure_app, emulators, case):
+def test_transient_failure_every_time(configure_app, emulators, clock, case):
     fault, status, code = TRANSIENT[case]
     configure_app(**FAST, AZURE_OPENAI_MAX_RETRIES="2")
     inject(emulators, *[fault] * 3)
-    reply, elapsed = timed()
+    reply, _ = timed()
     assert_outcome(reply, status, code)
     assert upstream_attempts(emulators) == 3
-    assert elapsed < 0.5 + 1.0 + SLACK  # two backoffs of at most 0.5 and 1 s
+    assert len(clock.slept) == 2 and clock.slept[0] <= 0.5 and clock.slept[1] <= 1.0  # full-jitter ceilings
 
 
 # -- slow upstream and the deadline ----------------------------------------------------
@@ -156,8 +165,7 @@ def test_each_attempt_timeout_shrinks_to_the_deadline(configure_app, emulators):
 def test_a_slow_token_and_a_slow_upstream_together_stay_within_the_deadline(configure_app, emulators):
     """The time spent getting a token counts: the attempt's HTTP timeouts shrink to what is left."""
     identity(emulators, token_lifetime=3600)
-    requests.post(emulators.identity.base_url + "/_emulator/faults", json=[{"delay_ms": 1500}],
-                  timeout=5).raise_for_status()
+    emulators.identity_control.faults({"delay_ms": 1500})
     inject(emulators, {"delay_ms": 10000})
     configure_app(AZURE_OPENAI_TIMEOUT="30", AZURE_OPENAI_CONNECT_TIMEOUT="5", AZURE_OPENAI_DEADLINE="3",
                   AZURE_OPENAI_MAX_RETRIES="0")
@@ -175,13 +183,16 @@ def test_content_filter_error_of_an_unexpected_shape_is_still_a_400(configure_ap
     assert reply.body["error"]["content_filter_result"] == {}
 
 
-def test_409_does_not_loop(configure_app, emulators):
-    configure_app(**FAST)
-    inject(emulators, {"status": 409}, {"status": 409}, {"status": 409})
+@pytest.mark.parametrize("status", [409, 408])
+def test_409_and_408_are_retried_without_openais_endless_loop(configure_app, emulators, clock, status):
+    configure_app(**FAST, AZURE_OPENAI_MAX_RETRIES="2")
+    inject(emulators, *[{"status": status}] * 3)
     reply, elapsed = timed()
-    assert_outcome(reply, 502, "upstream_error")
-    assert upstream_attempts(emulators) == 1
-    assert elapsed < SLACK
+    assert_outcome(reply, 502 if status == 409 else 504, "upstream_error" if status == 409 else "upstream_timeout")
+    assert upstream_attempts(emulators) == 3  # retried by the app's policy, not openai's 409 loop
+    assert len(clock.slept) == 2 and elapsed < SLACK
+    inject(emulators, {"status": status})
+    assert_outcome(timed()[0], 200)
 
 
 # -- final 4xx are never retried ---------------------------------------------------------
@@ -201,7 +212,7 @@ def test_upstream_validation_400_is_not_retried(configure_app, emulators):
 
 # -- the identity endpoint ---------------------------------------------------------------
 def identity(emulators, **config) -> None:
-    requests.post(emulators.identity.base_url + "/_emulator/config", json=config, timeout=5).raise_for_status()
+    emulators.identity_control.config(**config)
 
 
 @pytest.mark.parametrize("outage", ["error", "stall"])
@@ -225,13 +236,13 @@ def test_identity_endpoint_refusing_connections_is_503(configure_app, emulators)
     assert elapsed < 2 + SLACK
 
 
-def test_identity_blip_is_retried_within_the_deadline(configure_app, emulators):
-    requests.post(emulators.identity.base_url + "/_emulator/faults", json=[{"drop": True}],
-                  timeout=5).raise_for_status()
+def test_identity_blip_is_retried_within_the_deadline(configure_app, emulators, clock):
+    emulators.identity_control.faults({"drop": True})
     configure_app(**FAST)
     reply, _ = timed()
     assert_outcome(reply, 200)
-    identity_stats = requests.get(emulators.identity.base_url + "/_emulator/stats", timeout=5).json()
+    assert clock.slept == [pytest.approx(1.0, abs=0.05)]  # the failure is remembered for 1 s, then asked again
+    identity_stats = emulators.identity_control.stats()
     assert identity_stats["requests_by_status"] == {"dropped": 1, "200": 1}  # the app asked again
     assert upstream_attempts(emulators) == 1  # and called upstream only with a token
 
@@ -246,16 +257,14 @@ def test_identity_endpoint_down_while_a_valid_token_is_cached(configure_app, emu
 
 # -- concurrency cap ---------------------------------------------------------------------
 def _latency(emulators, ms: int) -> None:
-    requests.post(emulators.openai.base_url + "/_emulator/config", json={"latency_ms": ms},
-                  timeout=5).raise_for_status()
+    emulators.openai_control.config(latency_ms=ms)
 
 
 def test_concurrency_cap_queues_calls_beyond_it(configure_app, emulators):
     _latency(emulators, 400)
     configure_app(AZURE_OPENAI_TIMEOUT="5", AZURE_OPENAI_MAX_CONCURRENCY="2")
     started = time.monotonic()
-    with ThreadPoolExecutor(4) as pool:
-        assert [r.status for r in pool.map(lambda _: post_completions(SEED), range(4))] == [200] * 4
+    assert [r.status for r in post_many([SEED] * 4)] == [200] * 4
     assert time.monotonic() - started >= 0.8  # two waves of two
 
 
@@ -265,17 +274,21 @@ def test_concurrency_cap_sheds_with_503_when_no_slot_frees_in_time(configure_app
     settings = configure_app(auth="key", AZURE_OPENAI_MAX_CONCURRENCY="2", AZURE_OPENAI_TIMEOUT="5").settings
     client = CompletionClient(settings.upstream, settings.retry, None)
 
-    def call(deadline: float):
+    async def call(deadline: float):
         try:
-            return client.complete({"prompt": "x"}, Deadline(deadline), "r").attempts
+            return (await client.complete({"prompt": "x"}, Deadline(deadline), "r")).attempts
         except AppError as error:
             return error
 
-    with ThreadPoolExecutor(4) as pool:
-        holders = [pool.submit(call, 5) for _ in range(2)]
-        time.sleep(0.3)
-        late = [pool.submit(call, 0.5) for _ in range(2)]
-        results = [f.result() for f in holders + late]
+    async def scenario():
+        holders = [asyncio.create_task(call(5)) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        late = [asyncio.create_task(call(0.5)) for _ in range(2)]
+        results = await asyncio.gather(*holders, *late)
+        await client.http.aclose()
+        return results
+
+    results = LOOP.run(scenario())
     assert results[:2] == [1, 1]
     assert all(isinstance(r, AppError) and r.code == "overloaded" and r.status == 503 and r.retry_after == 1
                for r in results[2:])
@@ -292,8 +305,9 @@ def test_soak_2000_requests_32_threads_expiring_tokens_and_10_percent_faults(con
     inject(emulators, *(pattern * 130))
     configure_app(AZURE_OPENAI_TIMEOUT="5", AZURE_OPENAI_DEADLINE="20")
     started = time.monotonic()
-    with ThreadPoolExecutor(32) as pool:
-        replies = list(pool.map(lambda _: post_completions(SEED), range(2000)))
+    replies = []
+    for _ in range(2000 // 32 + 1):  # waves of 32 concurrent invocations on the one loop
+        replies += post_many([SEED] * min(32, 2000 - len(replies)))
     duration = time.monotonic() - started
     assert len(replies) == 2000
     statuses = [r.status for r in replies]
@@ -301,7 +315,7 @@ def test_soak_2000_requests_32_threads_expiring_tokens_and_10_percent_faults(con
     for reply in replies:  # nothing lost: an answer, or a coded error
         assert reply.status == 200 or reply.body["error"]["code"] in ("rate_limited", "upstream_unavailable")
     assert statuses.count(200) >= 1990
-    tokens = requests.get(emulators.openai.base_url + "/_emulator/stats", timeout=5).json()["tokens_issued"]
+    tokens = emulators.openai_control.stats()["tokens_issued"]
     expected = duration / (lifetime - 300)
     assert tokens <= expected + 3, (tokens, duration)
     assert tokens >= max(1, expected - 3), (tokens, duration)
