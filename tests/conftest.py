@@ -103,7 +103,8 @@ def emulators(running_emulators):
 def _reset(emulators: Emulators) -> None:
     requests.post(emulators.openai.base_url + "/_emulator/reset").raise_for_status()
     requests.post(emulators.openai.base_url + "/_emulator/config",
-                  json={"latency_ms": 0, "content_filter_phrase": "trip the content filter"}).raise_for_status()
+                  json={"latency_ms": 0, "content_filter_phrase": "trip the content filter",
+                        "rpm": None, "tpm": None}).raise_for_status()
     requests.post(emulators.identity.base_url + "/_emulator/config",
                   json={"token_lifetime": 3600, "outage": None}).raise_for_status()
 
