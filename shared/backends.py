@@ -24,6 +24,16 @@ Routing, per process and in memory:
 The lock is held only for O(backends) bookkeeping, never across I/O (log
 records are emitted after it is released), so the pool is safe to call from
 threads and from an asyncio event loop alike.
+
+State is per instance, in memory. Instances need not share it: a cooldown
+comes from the backend's own Retry-After, the same for every caller, and the
+remaining counts on every answer describe the deployment's shared quota, so
+each instance learns what the others would tell it from its next answer, at
+the cost of at most one 429 per backend and cooldown. Sharing would take a
+store every instance reads on every request and writes on every answer
+(Redis, or Table Storage with ETags), on the request path, with its own
+outage to survive (falling back to local state) and its own latency; it pays
+only when instances are many and each sees too few answers to learn in time.
 """
 
 from __future__ import annotations
@@ -440,13 +450,16 @@ class BackendPool:
                 state.tokens_left, state.tokens_until = reported["tokens"]
 
     def record_failure(self, backend: BackendSettings | str, kind: FailureKind,
-                       headers: Mapping[str, str] | None = None, *, detail: str | None = None) -> float:
+                       headers: Mapping[str, str] | None = None, *, detail: str | None = None,
+                       default_cooldown: float = DEFAULT_COOLDOWN) -> float:
         """Cool ``backend`` after a failure; returns the seconds until it is ready again.
 
         ``throttled``: a 429. ``unavailable``: a 503 (pass its headers), or 500, 502, 504, a
-        timeout or a connection failure (no headers: 10 s). ``misconfigured``: 401, 403, 404
-        (60 s; headers ignored). ``detail`` (e.g. "HTTP 404 DeploymentNotFound") goes into the
-        log lines; never put a URL or a key in it. A cooldown never shortens one in progress."""
+        timeout or a connection failure (no headers). Both cool for the wait the headers name,
+        else ``default_cooldown`` (10 s; a client with a pool of one may pass its own backoff
+        instead, so a lone backend is retried as soon as before). ``misconfigured``: 401, 403,
+        404: 60 s, headers ignored. ``detail`` (e.g. "HTTP 404 DeploymentNotFound") goes into
+        the log lines; never put a URL or a key in it. A cooldown never shortens one in progress."""
         if kind not in FAILURE_KINDS:
             raise ValueError(f"kind must be one of {FAILURE_KINDS}")
         now = self._clock()
@@ -455,7 +468,7 @@ class BackendPool:
             seconds = MISCONFIGURED_COOLDOWN
         else:
             asked = requested_wait(headers, now=self._wall_clock()) if headers else None
-            seconds = DEFAULT_COOLDOWN if asked is None else min(asked, MAX_COOLDOWN)
+            seconds = min(default_cooldown if asked is None else asked, MAX_COOLDOWN)
         records: list[tuple[int, str, tuple]] = []
         with self._lock:
             state = self._state(backend)
