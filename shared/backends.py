@@ -2,7 +2,8 @@
 
 Pure bookkeeping, no HTTP: the client asks ``choose()`` for a backend, makes
 the call, and reports back with ``record_success()`` or ``record_failure()``.
-The pool answers with decisions and never raises to the request path.
+The pool answers with decisions; only a programming error raises (an unknown
+backend name or failure kind).
 
 Routing, per process and in memory:
 
