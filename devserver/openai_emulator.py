@@ -8,7 +8,8 @@ emulator), the same validation and error bodies, and spec-valid responses.
 Control API on the same server, relied on by tests and benchmarks:
 ``POST /_emulator/faults`` (a JSON list, served to the next completion requests
 in order, one each), ``GET /_emulator/stats``, ``POST /_emulator/reset``, and
-``POST /_emulator/config`` (``latency_ms``, ``content_filter_phrase``).
+``POST /_emulator/config`` (``latency_ms``, ``content_filter_phrase``, and the
+per-minute quotas ``rpm`` / ``tpm``: see ``quota.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, unquote
 
 from . import completion_text as textgen
@@ -29,6 +30,7 @@ from .control import ControlHandler
 from .faults import Fault, FaultQueue, Sleeper
 from .httpserver import Server
 from .identity_emulator import IdentityState
+from .quota import Quotas, estimate_tokens
 from .tokens import COGNITIVE_SERVICES, TokenSigner
 
 DEFAULT_DEPLOYMENTS = {
@@ -185,7 +187,8 @@ def validate_request(body: Any) -> dict:
 class OpenAIState:
     def __init__(self, *, api_key: str, deployments: dict[str, str], signer: TokenSigner,
                  latency_ms: int, identity: IdentityState | None,
-                 content_filter_phrase: str = DEFAULT_CONTENT_FILTER_PHRASE) -> None:
+                 content_filter_phrase: str = DEFAULT_CONTENT_FILTER_PHRASE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.api_key = api_key
         self.deployments = deployments
         self.signer = signer
@@ -194,6 +197,7 @@ class OpenAIState:
         self.content_filter_phrase = content_filter_phrase
         self.faults = FaultQueue()
         self.sleeper = Sleeper()
+        self.quotas = Quotas(clock=clock)  # unlimited until configured
         self._lock = threading.Lock()
         self.received = 0  # completion requests that arrived (answered or not yet)
         self.by_status: Counter[str] = Counter()
@@ -228,6 +232,7 @@ class OpenAIState:
                 "faults_pending": len(self.faults),
                 "latency_ms": self.latency_ms,
             }
+        stats.update(self.quotas.snapshot())
         if self.identity is not None:
             identity = self.identity.snapshot()
             stats["tokens_issued"] = identity["tokens_issued"]
@@ -235,20 +240,23 @@ class OpenAIState:
         return stats
 
     def configure(self, changes: dict) -> dict:
-        if set(changes) - {"latency_ms", "content_filter_phrase"}:
-            raise ValueError("config takes latency_ms and content_filter_phrase")
+        if set(changes) - {"latency_ms", "content_filter_phrase", "rpm", "tpm"}:
+            raise ValueError("config takes latency_ms, content_filter_phrase, rpm and tpm")
         latency = changes.get("latency_ms", self.latency_ms)
         phrase = changes.get("content_filter_phrase", self.content_filter_phrase)
         if type(latency) is not int or latency < 0:
             raise ValueError("latency_ms must be an integer >= 0")
         if not isinstance(phrase, str) or not phrase:
             raise ValueError("content_filter_phrase must be a non-empty string")
+        self.quotas.set_limits(changes.get("rpm", self.quotas.rpm), changes.get("tpm", self.quotas.tpm))
         self.latency_ms, self.content_filter_phrase = latency, phrase
-        return {"latency_ms": latency, "content_filter_phrase": phrase}
+        return {"latency_ms": latency, "content_filter_phrase": phrase, "rpm": self.quotas.rpm,
+                "tpm": self.quotas.tpm}
 
     def reset(self) -> None:
         self.faults.clear()
         self.sleeper.interrupt()
+        self.quotas.reset()
         with self._lock:
             self.received = 0
             self.by_status.clear()
@@ -309,14 +317,17 @@ class OpenAIHandler(ControlHandler):
 
     def _reply(self, status: int, payload: Any, headers: dict | None = None) -> None:
         self.state.count(status)
-        all_headers = {"apim-request-id": str(uuid.uuid4()), "x-ms-region": "Emulator"}
+        all_headers = {"apim-request-id": str(uuid.uuid4()), "x-ms-region": "Emulator", **self.quota_headers}
         all_headers.update(headers or {})
         self.send_json(status, payload, all_headers)
 
     # -- the completions operation ----------------------------------------
+    quota_headers: dict[str, str] = {}  # x-ratelimit-remaining-* for this request's answer, once known
+
     def _completions(self, deployment: str, query: dict[str, list[str]]) -> None:
         self.state.arrived()
         self.drip = None
+        self.quota_headers = {}
         try:
             raw_body = self.read_body()
         except ValueError:
@@ -340,6 +351,7 @@ class OpenAIHandler(ControlHandler):
                 "DeploymentNotFound",
                 "The API deployment for this resource does not exist. If you created the deployment "
                 "within the last 5 minutes, please wait a moment and try again."))
+        self.quota_headers = self.state.quotas.peek(deployment).headers()
         try:
             request = validate_request(json.loads(raw_body))
         except ValueError:
@@ -352,6 +364,12 @@ class OpenAIHandler(ControlHandler):
                 "OperationNotSupported",
                 f"The completion operation does not work with the specified model, {model}. "
                 "Please choose different model and try again."))
+        estimate = estimate_tokens([textgen.count_tokens(p) for p in request["prompts"]],
+                                   request["max_tokens"], request["best_of"])
+        admission = self.state.quotas.admit(deployment, estimate)
+        self.quota_headers = admission.headers()
+        if not admission.admitted:
+            return self._reply(429, admission.body(api_version))
 
         if not self.state.sleeper.sleep(self.state.latency_ms / 1000):
             return self.drop_connection()
@@ -508,7 +526,7 @@ class OpenAIHandler(ControlHandler):
         body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
         self.state.count(200)
         self.send(200, body.encode(), "text/event-stream", {"apim-request-id": str(uuid.uuid4()),
-                                                             "Cache-Control": "no-cache"})
+                                                             "Cache-Control": "no-cache", **self.quota_headers})
 
 
 class OpenAIServer(Server):
@@ -517,11 +535,13 @@ class OpenAIServer(Server):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None,
                  deployments: dict[str, str] | None = None, signer: TokenSigner | None = None,
-                 latency_ms: int = 0, identity: IdentityState | None = None) -> None:
+                 latency_ms: int = 0, identity: IdentityState | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (monotonic seconds) times the quota windows; tests pass their own."""
         self.state = OpenAIState(
             api_key=api_key or secrets.token_hex(16), deployments=dict(deployments or DEFAULT_DEPLOYMENTS),
             signer=signer or (identity.signer if identity else TokenSigner()), latency_ms=latency_ms,
-            identity=identity)
+            identity=identity, clock=clock)
         handler = type("BoundOpenAIHandler", (OpenAIHandler,), {"state": self.state})
         super().__init__((host, port), handler)
 

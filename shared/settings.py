@@ -171,22 +171,42 @@ def _auth_mode(read: _Reader) -> str:
     return "managed_identity"
 
 
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` cannot be an Azure OpenAI endpoint (never echoing it), or None.
+    https only (http for loopback), no query or fragment. Shared with the backend pool."""
+    try:
+        url = urlsplit(endpoint)
+        hostname = url.hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return "must be a URL"
+    loopback = hostname in ("localhost", "127.0.0.1", "::1")
+    if url.scheme not in ("https", "http") or not hostname or (url.scheme == "http" and not loopback):
+        return "must be an https:// URL (http:// only for localhost)"
+    if url.query or url.fragment:
+        return "must not have a query or fragment"
+    return None
+
+
+def deployment_problem(deployment: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", deployment):
+        return "must be a deployment name (letters, digits, . _ -)"
+    return None
+
+
+def api_version_problem(api_version: str) -> str | None:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(-preview)?", api_version):
+        return "must look like 2024-10-21"
+    return None
+
+
 def _endpoint(read: _Reader) -> str:
     endpoint = read.text("AZURE_OPENAI_ENDPOINT")
     if endpoint is None:
         read.problems["AZURE_OPENAI_ENDPOINT"] = "is required"
         return ""
-    try:
-        url = urlsplit(endpoint)
-        hostname = url.hostname
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        read.problems["AZURE_OPENAI_ENDPOINT"] = "must be a URL"
-        return ""
-    loopback = hostname in ("localhost", "127.0.0.1", "::1")
-    if url.scheme not in ("https", "http") or not hostname or (url.scheme == "http" and not loopback):
-        read.problems["AZURE_OPENAI_ENDPOINT"] = "must be an https:// URL (http:// only for localhost)"
-    elif url.query or url.fragment:
-        read.problems["AZURE_OPENAI_ENDPOINT"] = "must not have a query or fragment"
+    problem = endpoint_problem(endpoint)
+    if problem is not None:
+        read.problems["AZURE_OPENAI_ENDPOINT"] = problem
     return endpoint.rstrip("/")
 
 
@@ -199,11 +219,11 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     deployment = read.text("AZURE_OPENAI_DEPLOYMENT")
     if deployment is None:
         read.problems["AZURE_OPENAI_DEPLOYMENT"] = "is required"
-    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", deployment):
-        read.problems["AZURE_OPENAI_DEPLOYMENT"] = "must be a deployment name (letters, digits, . _ -)"
+    elif (problem := deployment_problem(deployment)) is not None:
+        read.problems["AZURE_OPENAI_DEPLOYMENT"] = problem
     api_version = read.text("AZURE_OPENAI_API_VERSION", DEFAULT_API_VERSION)
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(-preview)?", api_version or ""):
-        read.problems["AZURE_OPENAI_API_VERSION"] = "must look like 2024-10-21"
+    if (problem := api_version_problem(api_version or "")) is not None:
+        read.problems["AZURE_OPENAI_API_VERSION"] = problem
     api_key = read.text("AZURE_OPENAI_API_KEY")
     if auth == "key" and api_key is None:
         read.problems["AZURE_OPENAI_API_KEY"] = "is required when AZURE_OPENAI_AUTH is key"

@@ -17,6 +17,7 @@ from azure.identity import ManagedIdentityCredential
 import spec
 from devserver.emulators import DEFAULT_DEPLOYMENT, Emulators
 from devserver.identity_emulator import SYSTEM_ASSIGNED_CLIENT_ID
+from devserver.openai_emulator import OpenAIServer
 from devserver.tokens import TokenSigner
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
@@ -376,6 +377,186 @@ def test_32_concurrent_clients_are_served_in_parallel(emulators):
     elapsed = time.monotonic() - started
     assert results == [200] * 32
     assert elapsed < 0.3 * 8, f"32 requests of 300 ms took {elapsed:.2f} s: not parallel"
+
+
+# -- per-minute quotas --------------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clocked():
+    """An emulator of its own whose quota windows run on a clock the test moves."""
+    clock = FakeClock()
+    server = OpenAIServer(clock=clock).start()
+    yield Emulators(server, None), clock
+    server.stop()
+
+
+def configure(emulators: Emulators, **config) -> requests.Response:
+    return requests.post(emulators.openai.base_url + "/_emulator/config", json=config, timeout=5)
+
+
+def remaining(response: requests.Response) -> tuple[int, int]:
+    return (int(response.headers["x-ratelimit-remaining-requests"]),
+            int(response.headers["x-ratelimit-remaining-tokens"]))
+
+
+def test_without_quotas_no_ratelimit_headers_are_sent(emulators):
+    response = post(emulators, SEED)
+    assert response.status_code == 200
+    assert not [name for name in response.headers if name.lower().startswith("x-ratelimit")]
+    assert stats(emulators)["quota"] == {"rpm": None, "tpm": None}
+
+
+def test_the_request_window_slides_and_retry_after_is_exact(clocked):
+    emulators, clock = clocked
+    assert configure(emulators, rpm=2).json()["rpm"] == 2
+    first = post(emulators, SEED)
+    assert first.status_code == 200 and first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert "x-ratelimit-remaining-tokens" not in first.headers  # no tpm limit
+    clock.now += 10
+    assert post(emulators, SEED).headers["x-ratelimit-remaining-requests"] == "0"
+    clock.now += 10
+    throttled = post(emulators, SEED)
+    _assert_error(throttled, 429, "429")
+    assert "call rate limit" in throttled.json()["error"]["message"]
+    assert "Please retry after 40 seconds" in throttled.json()["error"]["message"]
+    assert throttled.headers["retry-after-ms"] == "40000" and throttled.headers["Retry-After"] == "40"
+    assert throttled.headers["x-ratelimit-remaining-requests"] == "0"
+    clock.now += 39.9995  # half a millisecond before the first request leaves the window
+    almost = post(emulators, SEED)
+    assert almost.status_code == 429
+    assert almost.headers["retry-after-ms"] == "1" and almost.headers["Retry-After"] == "1"
+    clock.now += 0.0005
+    assert post(emulators, SEED).status_code == 200  # exactly when Retry-After said
+    late = post(emulators, SEED)
+    assert late.status_code == 429 and late.headers["retry-after-ms"] == "10000"  # the second one leaves at 70 s
+    assert stats(emulators)["requests_by_status"] == {"200": 3, "429": 3}
+
+
+def test_tokens_are_estimated_on_arrival_and_counted_over_the_minute(clocked):
+    emulators, clock = clocked
+    configure(emulators, tpm=100, rpm=1000)
+    body = {"prompt": "one two", "max_tokens": 40}  # Azure counts prompt + max_tokens: 42
+    assert remaining(post(emulators, body)) == (999, 58)
+    clock.now += 30
+    assert remaining(post(emulators, body)) == (998, 16)
+    throttled = post(emulators, body)
+    _assert_error(throttled, 429, "429")
+    assert "token rate limit" in throttled.json()["error"]["message"]
+    assert remaining(throttled) == (998, 16) and throttled.headers["retry-after-ms"] == "30000"
+    small = post(emulators, {"prompt": "one two", "max_tokens": 14})  # 16 still fit
+    assert small.status_code == 200 and remaining(small) == (997, 0)
+    clock.now += 30  # the first 42 leave the window: 58 used, and this request's 42
+    assert remaining(post(emulators, body)) == (997, 0)
+
+
+@pytest.mark.parametrize(("body", "estimate"), [
+    ({"prompt": "a b c"}, 3 + 16),  # max_tokens defaults to 16
+    ({"prompt": ["a b", "c"], "max_tokens": 5}, 3 + 2 * 5),  # each prompt gets its completion
+    ({"prompt": "a b", "max_tokens": 5, "best_of": 3}, 2 + 3 * 5),  # best_of candidates all count
+    ({"prompt": "a b", "max_tokens": 5, "n": 2}, 2 + 2 * 5),  # best_of defaults to n
+    ({"prompt": "", "max_tokens": 0}, 1),
+])
+def test_the_token_estimate_follows_the_request(emulators, body, estimate):
+    configure(emulators, tpm=1000)
+    assert post(emulators, body).headers["x-ratelimit-remaining-tokens"] == str(1000 - estimate)
+
+
+def test_a_request_larger_than_the_token_quota_never_fits(clocked):
+    emulators, clock = clocked
+    configure(emulators, tpm=10)
+    throttled = post(emulators, {"prompt": "x", "max_tokens": 10})
+    assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "60"
+    assert throttled.headers["x-ratelimit-remaining-tokens"] == "10"
+    clock.now += 120
+    assert post(emulators, {"prompt": "x", "max_tokens": 10}).status_code == 429
+
+
+def test_every_answer_about_a_deployment_carries_the_remaining_counts(emulators):
+    configure(emulators, rpm=10, tpm=10_000)
+    invalid = post(emulators, {"prompt": "x", "n": 0})  # rejected before it counts
+    assert invalid.status_code == 400 and remaining(invalid) == (10, 10_000)
+    filtered = post(emulators, {"prompt": "please trip the content filter", "max_tokens": 1})
+    assert filtered.status_code == 400 and remaining(filtered) == (9, 10_000 - 6)  # the model saw it: counted
+    streamed = post(emulators, {**SEED, "stream": True, "max_tokens": 4})
+    assert streamed.status_code == 200 and remaining(streamed) == (8, 10_000 - 6 - 11)
+    assert "x-ratelimit-remaining-requests" not in post(emulators, SEED, deployment="missing").headers
+
+
+def test_the_429_is_the_services_and_the_openai_028_client_sees_it(emulators):
+    configure(emulators, rpm=1)
+    kwargs = dict(api_type="azure", api_base=emulators.openai.endpoint, api_version="2024-10-21",
+                  api_key=emulators.openai.api_key, deployment_id=DEFAULT_DEPLOYMENT, **SEED)
+    openai.Completion.create(**kwargs)
+    with pytest.raises(openai.error.RateLimitError) as caught:
+        openai.Completion.create(**kwargs)
+    assert caught.value.http_status == 429
+    headers = caught.value.headers
+    assert 59_000 <= int(headers["retry-after-ms"]) <= 60_000 and headers["Retry-After"] == "60"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert "exceeded call rate limit" in str(caught.value)
+    counters = stats(emulators)
+    assert (counters["throttled"], counters["throttled_by"]) == (1, {"rpm": 1, "tpm": 0})
+    assert counters["requests_by_status"] == {"200": 1, "429": 1}
+
+
+def test_quotas_are_counted_per_deployment(emulators):
+    configure(emulators, rpm=1)
+    assert post(emulators, SEED).status_code == 200
+    assert post(emulators, SEED, deployment="davinci-002").status_code == 200
+    assert post(emulators, SEED).status_code == 429
+
+
+def test_concurrent_requests_get_exactly_the_quota(emulators):
+    configure(emulators, rpm=10)
+    statuses: list[int] = []
+    threads = [threading.Thread(target=lambda: statuses.append(post(emulators, SEED).status_code))
+               for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] * 10 + [429] * 22
+    assert stats(emulators)["throttled_by"] == {"rpm": 22, "tpm": 0}
+
+
+def test_each_emulator_has_its_own_quota_and_accepts_the_shared_tokens():
+    secret = "shared-secret-for-this-test"
+    with Emulators.start(token_secret=secret) as first, Emulators.start(token_secret=secret, only="openai") as second:
+        for emulators in (first, second):
+            configure(emulators, rpm=1).raise_for_status()
+        token = requests.get(first.identity.endpoint, timeout=5, params=TOKEN_QUERY,
+                             headers={"X-IDENTITY-HEADER": first.identity.header}).json()["access_token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert post(first, SEED, headers=bearer).status_code == 200
+        assert post(second, SEED, headers=bearer).status_code == 200  # its own window, the same identity
+        assert post(first, SEED, headers=bearer).status_code == 429
+        assert (stats(first)["throttled"], stats(second)["throttled"]) == (1, 0)
+
+
+def test_reset_empties_the_window_but_keeps_the_limits(emulators):
+    configure(emulators, rpm=1, tpm=500)
+    post(emulators, SEED)
+    assert post(emulators, SEED).status_code == 429
+    requests.post(emulators.openai.base_url + "/_emulator/reset", timeout=5).raise_for_status()
+    counters = stats(emulators)
+    assert counters["quota"] == {"rpm": 1, "tpm": 500} and counters["throttled"] == 0
+    assert post(emulators, SEED).status_code == 200
+    assert configure(emulators, rpm=None, tpm=None).json()["rpm"] is None
+    assert post(emulators, SEED).status_code == 200
+
+
+@pytest.mark.parametrize("config", [{"rpm": 0}, {"rpm": -1}, {"rpm": "60"}, {"rpm": 1.5}, {"tpm": True},
+                                    {"tpm": 0}, {"rpm": 5, "latency_ms": -1}, {"rps": 5}])
+def test_bad_quota_config_is_rejected_whole(emulators, config):
+    assert configure(emulators, **config).status_code == 400
+    assert stats(emulators)["quota"] == {"rpm": None, "tpm": None} and stats(emulators)["latency_ms"] == 0
 
 
 # -- the managed-identity endpoint ------------------------------------------------
