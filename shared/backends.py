@@ -331,8 +331,9 @@ def requested_wait(headers: Mapping[str, str] | None, *, now: float) -> float | 
 class Recovery(NamedTuple):
     """When the pool can serve again, for a caller that found no backend to try."""
 
-    seconds: float  # until the earliest cooling backend is ready
+    seconds: float  # until the earliest cooling backend that is not misconfigured is ready
     all_throttled: bool  # every backend that is not misconfigured is cooling because of a 429
+    misconfigured: bool = False  # every backend is misconfigured: nothing worth waiting for
 
 
 class _Backend:
@@ -496,15 +497,18 @@ class BackendPool:
     # -- what callers and operators see ----------------------------------------------------
     def next_recovery(self) -> Recovery | None:
         """None when some backend is ready now (a caller that tried them all may start a new
-        round at once); else how long until one is, and whether they are all throttled
-        (answer 429 ``rate_limited`` rather than 503 ``upstream_unavailable``)."""
+        round at once); else how long until one that is not misconfigured is (a misconfigured
+        backend is not worth waiting for), and whether they are all throttled (answer 429
+        ``rate_limited`` rather than 503 ``upstream_unavailable``)."""
         now = self._clock()
         with self._lock:
             if any(s.ready_at <= now for s in self._states):
                 return None
-            seconds = min(s.ready_at for s in self._states) - now
             usable = [s for s in self._states if s.kind != "misconfigured"]
-            all_throttled = bool(usable) and all(s.kind == "throttled" for s in usable)
+            if not usable:
+                return Recovery(min(s.ready_at for s in self._states) - now, False, True)
+            seconds = min(s.ready_at for s in usable) - now
+            all_throttled = all(s.kind == "throttled" for s in usable)
         return Recovery(seconds, all_throttled)
 
     def snapshot(self) -> list[dict[str, Any]]:

@@ -21,14 +21,15 @@ import logging
 import random
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import openai
 import openai.error
 
+from .backends import DEFAULT_COOLDOWN, BackendPool, BackendSettings, FailureKind, Recovery
 from .errors import AppError
 from .retry import SYSTEM_CLOCK, Clock, Deadline, RetryPolicy, retry_after_seconds
-from .settings import RetrySettings, UpstreamSettings
+from .settings import RetrySettings
 from .upstream_http import Exchange, UpstreamHttp, bad_response
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ class UpstreamResult(NamedTuple):
     attempts: int
     upstream_ms: float  # time spent in upstream attempts, waits excluded
     headers: Mapping[str, str]  # of the answer that succeeded
+    backend: BackendSettings  # the backend that answered
+    failovers: int  # attempts that went to another backend at once after a failure
 
 
 class _PerLoop:
@@ -60,28 +63,45 @@ class _PerLoop:
         return semaphore
 
 
+class _Target:
+    """What openai needs to call one backend, prepared once."""
+
+    def __init__(self, backend: BackendSettings, tokens: TokenCache | None) -> None:
+        self.backend = backend
+        self.tokens = tokens
+        self.per_call = {
+            # openai sends "Authorization: Bearer <api_key>" for azure_ad, "api-key" for azure.
+            "api_type": "azure" if tokens is None else "azure_ad",
+            "api_base": backend.endpoint,
+            "api_version": backend.api_version,
+            "deployment_id": backend.deployment,
+        }
+
+
 class CompletionClient:
-    def __init__(self, upstream: UpstreamSettings, retry: RetrySettings, tokens: TokenCache | None, *,
-                 http: UpstreamHttp | None = None, policy: RetryPolicy | None = None,
-                 clock: Clock = SYSTEM_CLOCK, rng: random.Random | None = None) -> None:
-        if (upstream.auth == "key") != (tokens is None):
-            raise ValueError("a token cache is needed exactly when auth is not 'key'")
+    """Completions from a pool of backends (one, unless AZURE_OPENAI_BACKENDS lists more).
+
+    ``tokens`` maps each identity (``BackendSettings.identity``) to its token cache;
+    backends with the same identity and scope share one."""
+
+    def __init__(self, backends: Sequence[BackendSettings], retry: RetrySettings,
+                 tokens: Mapping[tuple, TokenCache], *, http: UpstreamHttp | None = None,
+                 policy: RetryPolicy | None = None, clock: Clock = SYSTEM_CLOCK,
+                 rng: random.Random | None = None) -> None:
+        self._targets = {}
+        for backend in backends:
+            if (backend.identity is None) == (backend.identity in tokens):
+                raise ValueError(f"backend {backend.name}: a token cache is needed exactly when auth is not key")
+            self._targets[backend.name] = _Target(backend, tokens.get(backend.identity))
         self._retry = retry
-        self._tokens = tokens
         self._clock = clock
         self._rng = rng
         self._policy = policy or RetryPolicy(max_retries=retry.max_retries)
-        self._http = http or UpstreamHttp([upstream.endpoint], max_connections=retry.max_connections,
+        self.pool = BackendPool(backends, clock=clock.monotonic, wall_clock=clock.time, rng=rng)
+        self._http = http or UpstreamHttp([b.endpoint for b in backends], max_connections=retry.max_connections,
                                           max_response_bytes=retry.max_response_bytes)
         self._slots = _PerLoop(retry.max_concurrency)
-        self._per_call = {
-            # openai sends "Authorization: Bearer <api_key>" for azure_ad, "api-key" for azure.
-            "api_type": "azure" if tokens is None else "azure_ad",
-            "api_base": upstream.endpoint,
-            "api_version": upstream.api_version,
-            "deployment_id": upstream.deployment,
-        }
-        self._api_key = upstream.api_key
+        self._failures: dict[str, AppError] = {}  # each backend's last failure (what cooled it)
 
     @property
     def http(self) -> UpstreamHttp:
@@ -101,54 +121,118 @@ class CompletionClient:
         try:
             if deadline.remaining() < self._policy.min_attempt:  # a slot, but too late to use it
                 raise _overloaded()
-            return await self._complete_with_retries(params, deadline, request_id)
+            return await self._complete_with_failover(params, deadline, request_id)
         finally:
             slots.release()
 
-    async def _complete_with_retries(self, params: dict[str, Any], deadline: Deadline,
-                                     request_id: str) -> UpstreamResult:
-        attempt = 0
+    async def _complete_with_failover(self, params: dict[str, Any], deadline: Deadline,
+                                      request_id: str) -> UpstreamResult:
+        """Try the pool's choice; on a failure that is not the caller's, cool that backend and
+        go at once to the next ready one (each backend at most once per round). When none is
+        left to try, wait for the earliest recovery if it fits the deadline and the retry
+        budget (a new round), else answer with the last failure."""
+        tried: set[str] = set()
+        reauthenticated: set[str] = set()
+        attempts = rounds = failovers = 0
         upstream_seconds = 0.0
-        reauthenticated = False
+        last: AppError | None = None
+        tokens_needed = _tokens_needed(params)
         while True:
-            attempt += 1
+            backend = self.pool.choose(max_tokens=tokens_needed, tried=tried)
+            if backend is None:
+                recovery = self.pool.next_recovery()
+                wait = self._wait_for_recovery(recovery, last, rounds, deadline)
+                if wait is None:
+                    raise _given_up(last or self._pool_answer(recovery), recovery, attempts, upstream_seconds)
+                rounds += 1
+                tried.clear()
+                if wait > 0:
+                    log.info("request_id=%s: no Azure OpenAI backend ready (last: %s); retrying in %.2f s",
+                             request_id, last.code if last else "-", wait)
+                    await self._clock.sleep(wait)
+                continue
+            if deadline.remaining() < self._policy.min_attempt:
+                raise _given_up(last or _no_time(), None, attempts, upstream_seconds)
+            if tried:
+                failovers += 1
+            tried.add(backend.name)
+            attempts += 1
             started = time.perf_counter()
             try:
-                response, exchange = await self._attempt(params, deadline, request_id)
+                response, exchange = await self._attempt(self._targets[backend.name], params, deadline,
+                                                         request_id)
+            except AppError as error:
                 upstream_seconds += time.perf_counter() - started
-                return UpstreamResult(response, attempt, upstream_seconds * 1000, exchange.headers)
-            except AppError as failure:
-                upstream_seconds += time.perf_counter() - started
-                failure.attempts, failure.upstream_ms = attempt, upstream_seconds * 1000
-                error = failure
-            if error.upstream_status == 401 and self._tokens is not None and not reauthenticated:
-                # The token was refused (revoked, or the role assignment changed): the attempt
-                # dropped it from the cache; one more attempt, at once, with a fresh token.
-                reauthenticated = True
-                wait: float | None = 0.0 if deadline.remaining() > self._policy.min_attempt else None
-            else:
-                wait = self._policy.wait_before_retry(error, attempt - 1, deadline.remaining(), self._rng)
-            if wait is None:
-                raise _final(error)
-            log.warning("upstream attempt %d failed (%s, HTTP %d); retrying in %.2f s",
-                        attempt, error.code, error.status, wait)
-            if wait > 0:
-                await self._clock.sleep(wait)
+                error.attempts, error.upstream_ms = attempts, upstream_seconds * 1000
+                kind = _pool_failure(error)
+                if kind is None:  # the caller's own error: the backend answered, and no other would differ
+                    if error.upstream_status is not None:
+                        self.pool.record_success(backend, error.upstream_headers)
+                    raise _final(error) from None
+                if (error.upstream_status == 401 and self._targets[backend.name].tokens is not None
+                        and backend.name not in reauthenticated):
+                    # The token was refused (revoked, or the role assignment changed): the attempt
+                    # dropped it from the cache; one more attempt, at once, with a fresh token.
+                    reauthenticated.add(backend.name)
+                    tried.discard(backend.name)
+                    log.info("request_id=%s: backend %s refused the token (HTTP 401); retrying at once with a "
+                             "new one", request_id, backend.name)
+                    continue
+                cooldown = error.retry_after if error.retry_after is not None else \
+                    self._policy.backoff(rounds + 1, self._rng) if len(self.pool) == 1 else DEFAULT_COOLDOWN
+                self.pool.record_failure(backend, kind, error.upstream_headers, default_cooldown=cooldown,
+                                         detail=f"{error.code}, HTTP {error.upstream_status or '-'}")
+                self._failures[backend.name] = error
+                # INFO, per attempt: an outage fails every caller's attempts at once, and the lines
+                # an operator acts on are the pool's and the token cache's, once per episode.
+                log.info("request_id=%s: attempt %d to backend %s failed (%s, HTTP %s)", request_id, attempts,
+                         backend.name, error.code, error.upstream_status or "-")
+                last = error
+                continue
+            upstream_seconds += time.perf_counter() - started
+            self.pool.record_success(backend, exchange.headers)
+            return UpstreamResult(response, attempts, upstream_seconds * 1000, exchange.headers, backend, failovers)
 
-    async def _attempt(self, params: dict[str, Any], deadline: Deadline,
+    def _pool_answer(self, recovery: Recovery | None) -> AppError | None:
+        """For a request that found no backend ready: the failure that cooled them, when they
+        all failed the same way (always, for a pool of one: its callers hear what upstream
+        said, as they always have); else None, and the pool's state decides."""
+        if recovery is None:
+            return None
+        cooling = [self._failures.get(entry["name"]) for entry in self.pool.snapshot() if entry["state"] != "ready"]
+        failure = cooling[0] if cooling else None
+        if failure is None or any(other is None or other.code != failure.code for other in cooling):
+            return None
+        return AppError(failure.status, failure.code, failure.message, param=failure.param,
+                        retryable=failure.retryable, details=failure.details)
+
+    def _wait_for_recovery(self, recovery: Recovery | None, last: AppError | None, rounds: int,
+                           deadline: Deadline) -> float | None:
+        """Seconds to wait before the next round, or None to give up now."""
+        if rounds >= self._policy.max_retries and last is not None:
+            return None  # (a request that found nothing ready has made no attempt yet: it may wait once)
+        if recovery is not None and recovery.misconfigured:
+            return None
+        if last is not None and not last.retryable and _pool_failure(last) != "misconfigured":
+            return None
+        wait = 0.0 if recovery is None else recovery.seconds
+        if wait + self._policy.min_attempt >= deadline.remaining():
+            return None
+        return wait
+
+    async def _attempt(self, target: _Target, params: dict[str, Any], deadline: Deadline,
                        request_id: str) -> tuple[dict[str, Any], Exchange]:
-        api_key = self._api_key if self._tokens is None else await self._tokens.get(deadline)
+        api_key = target.backend.api_key if target.tokens is None else await target.tokens.get(deadline)
         remaining = deadline.remaining()  # after the token: its wait counts too
         if remaining < self._policy.min_attempt:
-            raise AppError(504, "upstream_timeout", "No time was left to call Azure OpenAI within the deadline.",
-                           retryable=True)
+            raise _no_time()
         total = min(self._retry.read_timeout, remaining)
         connect = min(self._retry.connect_timeout, total)
         with self._http.exchange() as exchange:
             try:
                 async with asyncio.timeout(total):
                     response = await openai.Completion.acreate(
-                        **self._per_call, api_key=api_key, **params, request_id=request_id,
+                        **target.per_call, api_key=api_key, **params, request_id=request_id,
                         request_timeout=(connect, total),
                         # openai retries HTTP 409 in a loop until `timeout` seconds have
                         # passed; 0 makes it raise TryAgain at once so our policy decides.
@@ -156,11 +240,54 @@ class CompletionClient:
                     )
             except Exception as exc:  # noqa: BLE001 - every failure is translated here, at one boundary
                 error = upstream_failure(exc, exchange)
-                if error.upstream_status == 401 and self._tokens is not None:
-                    self._tokens.invalidate(api_key)
+                if error.upstream_status == 401 and target.tokens is not None:
+                    target.tokens.invalidate(api_key)
                 raise error from None
         check_completion(response)
         return response, exchange
+
+
+def _tokens_needed(params: dict[str, Any]) -> int:
+    """What the request may generate: ``max_tokens`` (16 by default) for each choice of each
+    prompt, the part of Azure's token estimate the request controls."""
+    prompts = params["prompt"] if isinstance(params.get("prompt"), list) else [params.get("prompt")]
+    return (params.get("max_tokens") or 16) * (params.get("best_of") or params.get("n") or 1) * len(prompts)
+
+
+def _pool_failure(error: AppError) -> FailureKind | None:
+    """How a failed attempt counts against its backend; None for the caller's own errors
+    (and other final answers), which no other backend would answer differently."""
+    if error.code == "upstream_misconfigured":
+        return "misconfigured"
+    if error.code == "credential_unavailable":
+        return "unavailable" if error.retryable else "misconfigured"
+    if not error.retryable:
+        return None
+    return "throttled" if error.status == 429 else "unavailable"
+
+
+def _no_time() -> AppError:
+    return AppError(504, "upstream_timeout", "No time was left to call Azure OpenAI within the deadline.",
+                    retryable=True)
+
+
+def _given_up(last: AppError | None, recovery: Recovery | None, attempts: int, upstream_seconds: float) -> AppError:
+    """The answer once no backend can be tried within the deadline: this request's last
+    failure (so a pool of one answers as it always has), or, when it made no attempt, what
+    the pool's state says; ``Retry-After`` is the earliest recovery, when known."""
+    if last is None:
+        if recovery is not None and recovery.misconfigured:
+            last = AppError(502, "upstream_misconfigured", "Every Azure OpenAI backend is misconfigured (it "
+                            "refused the app's credentials or has no such deployment): check the app's settings "
+                            "and role assignments.")
+        elif recovery is not None and recovery.all_throttled:
+            last = AppError(429, "rate_limited", "Azure OpenAI is throttling requests; retry later.", retryable=True)
+        else:
+            last = AppError(503, "upstream_unavailable", "Azure OpenAI is temporarily unavailable.", retryable=True)
+    if recovery is not None and not recovery.misconfigured and last.retryable:
+        last.retry_after = recovery.seconds  # when the pool can serve again, whichever backend it is
+    last.attempts, last.upstream_ms = attempts, upstream_seconds * 1000
+    return _final(last)
 
 
 def check_completion(response: Any) -> None:
@@ -219,7 +346,7 @@ def upstream_failure(exc: BaseException, exchange: Exchange) -> AppError:
     else:
         log.warning("upstream attempt raised %s (HTTP %s)", type(exc).__name__, exchange.status or "-")
         error = error_for_status(exchange.status, exchange.headers, {})
-    error.upstream_status = exchange.status
+    error.upstream_status, error.upstream_headers = exchange.status, exchange.headers
     return error
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Protocol
 
 from .errors import credential_unavailable
 from .retry import SYSTEM_CLOCK, Clock, Deadline
-from .settings import RetrySettings, UpstreamSettings
+from .settings import RetrySettings
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class TokenCredentialLike(Protocol):
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessTokenLike: ...
 
 
-def build_credential(upstream: UpstreamSettings, retry: RetrySettings) -> TokenCredentialLike:
+def build_credential(auth: str, client_id: str | None, retry: RetrySettings) -> TokenCredentialLike:
     """The azure-identity credential for the configured auth mode.
 
     Called by the token cache on a refresh thread, not at import: azure-identity
@@ -45,16 +45,16 @@ def build_credential(upstream: UpstreamSettings, retry: RetrySettings) -> TokenC
     """
     transport_options = {"retry_total": 0, "connection_timeout": retry.connect_timeout,
                          "read_timeout": min(retry.read_timeout, 10.0)}
-    if upstream.auth == "managed_identity":
+    if auth == "managed_identity":
         from azure.identity import ManagedIdentityCredential
 
         # ManagedIdentityCredential does not read AZURE_CLIENT_ID itself.
-        return ManagedIdentityCredential(client_id=upstream.client_id, **transport_options)
-    if upstream.auth == "default":
+        return ManagedIdentityCredential(client_id=client_id, **transport_options)
+    if auth == "default":
         from azure.identity import DefaultAzureCredential
 
-        return DefaultAzureCredential(managed_identity_client_id=upstream.client_id, **transport_options)
-    raise ValueError(f"auth mode {upstream.auth!r} uses no credential")
+        return DefaultAzureCredential(managed_identity_client_id=client_id, **transport_options)
+    raise ValueError(f"auth mode {auth!r} uses no credential")
 
 
 def quiet_identity_loggers(log_text: bool) -> None:

@@ -9,7 +9,7 @@ outage); event-driven callers use it to decide between redelivery and a final
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 # The longest Retry-After the app passes on: upstream (or a broken gateway) may ask
 # for hours, but a caller told to wait longer than this is better off asking again.
@@ -32,6 +32,7 @@ class AppError(Exception):
         self.attempts = 0
         self.upstream_ms: float | None = None
         self.upstream_status: int | None = None  # the HTTP status upstream answered, when it did
+        self.upstream_headers: Mapping[str, str] | None = None  # and its headers
 
     def body(self, request_id: str) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}

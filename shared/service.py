@@ -60,15 +60,18 @@ class CompletionService:
         if os.environ.get("OPENAI_LOG", "").lower() in ("debug", "info") and not settings.log_text:
             log.warning("OPENAI_LOG is set: openai 0.28 prints request bodies (prompts) to stderr itself, "
                         "whatever COMPLETIONS_LOG_TEXT says; unset it to keep prompts out of the logs")
-        tokens = None
-        if settings.upstream.auth != "key":
+        tokens = {}
+        identities = {backend.identity for backend in settings.backends if backend.identity is not None}
+        if identities:
             # identity modes only: not on key-auth cold start
             from .credentials import TokenCache, build_credential, quiet_identity_loggers
 
             quiet_identity_loggers(settings.log_text)
-            tokens = TokenCache(lambda: build_credential(settings.upstream, settings.retry),
-                                settings.upstream.token_scope, clock=clock)
-        return cls(settings, CompletionClient(settings.upstream, settings.retry, tokens, clock=clock), clock=clock)
+            for auth, client_id, scope in identities:  # one cache per identity and scope, shared by its backends
+                tokens[(auth, client_id, scope)] = TokenCache(
+                    lambda auth=auth, client_id=client_id: build_credential(auth, client_id, settings.retry),
+                    scope, clock=clock)
+        return cls(settings, CompletionClient(settings.backends, settings.retry, tokens, clock=clock), clock=clock)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, *,
@@ -99,7 +102,7 @@ class CompletionService:
             params = validate_completion_request(data, settings.limits)
             assert self._client is not None
             result = await self._client.complete(params, deadline, request_id)
-            outcome = Outcome(200, shape_response(result.response, settings.upstream.deployment))
+            outcome = Outcome(200, shape_response(result.response, result.backend.deployment, result.backend.name))
         except AppError as exc:
             outcome = Outcome(exc.status, exc.body(request_id), exc.headers(), exc)
         except Exception:  # noqa: BLE001 - the caller gets a coded 500, the log gets the traceback
@@ -116,9 +119,10 @@ class CompletionService:
     def health(self) -> Outcome:
         if self.settings is None:
             return Outcome(503, {"status": "not_configured", "settings": self._problems})
-        upstream = self.settings.upstream
-        return Outcome(200, {"status": "ok", "deployment": upstream.deployment,
-                             "api_version": upstream.api_version, "auth": upstream.auth})
+        first = self.settings.backends[0]
+        assert self._client is not None
+        return Outcome(200, {"status": "ok", "deployment": first.deployment, "api_version": first.api_version,
+                             "auth": first.auth, "backends": self._client.pool.snapshot()})
 
     def _configured(self) -> Settings:
         if self.settings is None:
@@ -132,10 +136,11 @@ class CompletionService:
         attempts = result.attempts if result else (error.attempts if error else 0)
         upstream_ms = result.upstream_ms if result else (error.upstream_ms if error else None)
         log.info(
-            "completion request_id=%s source=%s deployment=%s status=%d code=%s attempts=%d upstream_ms=%s "
-            "prompt_tokens=%s completion_tokens=%s total_tokens=%s duration_ms=%.1f",
-            request_id, source, self.settings.upstream.deployment if self.settings else "-", outcome.status,
-            error.code if error else "ok", attempts, f"{upstream_ms:.1f}" if upstream_ms is not None else "-",
+            "completion request_id=%s source=%s backend=%s deployment=%s status=%d code=%s attempts=%d failovers=%s "
+            "upstream_ms=%s prompt_tokens=%s completion_tokens=%s total_tokens=%s duration_ms=%.1f",
+            request_id, source, result.backend.name if result else "-", result.backend.deployment if result else "-",
+            outcome.status, error.code if error else "ok", attempts, result.failovers if result else "-",
+            f"{upstream_ms:.1f}" if upstream_ms is not None else "-",
             usage.get("prompt_tokens", "-"), usage.get("completion_tokens", "-"), usage.get("total_tokens", "-"),
             (time.perf_counter() - started) * 1000)
         if self.settings is not None and self.settings.log_text and params:
@@ -143,8 +148,9 @@ class CompletionService:
                      [choice["text"] for choice in outcome.body.get("choices", [])])
 
 
-def shape_response(upstream: dict[str, Any], deployment: str) -> dict[str, Any]:
-    """The app's 200 body: the upstream's fields the contract names, plus ``deployment`` and ``text``."""
+def shape_response(upstream: dict[str, Any], deployment: str, backend: str) -> dict[str, Any]:
+    """The app's 200 body: the upstream's fields the contract names, plus ``deployment``,
+    ``backend`` (the pool's name for the deployment that answered) and ``text``."""
     choices = []
     for choice in upstream["choices"]:
         shaped = {"index": choice.get("index"), "text": choice.get("text", ""),
@@ -155,7 +161,7 @@ def shape_response(upstream: dict[str, Any], deployment: str) -> dict[str, Any]:
     usage = upstream["usage"]
     body = {
         "id": upstream.get("id"), "object": "text_completion", "created": upstream.get("created"),
-        "model": upstream.get("model"), "deployment": deployment,
+        "model": upstream.get("model"), "deployment": deployment, "backend": backend,
         "text": choices[0]["text"] if choices else "", "choices": choices,
         "usage": {name: usage.get(name, 0) for name in ("prompt_tokens", "completion_tokens", "total_tokens")},
     }

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
+from .backends import BACKENDS_SETTING, BackendSettings, parse_backends
+
 AUTH_MODES = ("managed_identity", "default", "key")
 DEFAULT_API_VERSION = "2024-10-21"
 DEFAULT_TOKEN_SCOPE = "https://cognitiveservices.azure.com/.default"
@@ -69,10 +71,17 @@ class Limits:
 
 @dataclass(frozen=True)
 class Settings:
+    # The single-endpoint settings; with AZURE_OPENAI_BACKENDS, only the defaults the
+    # entries inherit (its endpoint is then unused and may be empty).
     upstream: UpstreamSettings
     retry: RetrySettings = RetrySettings()
     limits: Limits = Limits()
     log_text: bool = False
+    backends: tuple[BackendSettings, ...] = ()  # what the client calls: never empty once loaded
+
+    def __post_init__(self) -> None:
+        if not self.backends:
+            object.__setattr__(self, "backends", (BackendSettings.single(self.upstream),))
 
 
 class QueueNames(NamedTuple):
@@ -199,10 +208,11 @@ def api_version_problem(api_version: str) -> str | None:
     return None
 
 
-def _endpoint(read: _Reader) -> str:
+def _endpoint(read: _Reader, required: bool) -> str:
     endpoint = read.text("AZURE_OPENAI_ENDPOINT")
     if endpoint is None:
-        read.problems["AZURE_OPENAI_ENDPOINT"] = "is required"
+        if required:
+            read.problems["AZURE_OPENAI_ENDPOINT"] = "is required"
         return ""
     problem = endpoint_problem(endpoint)
     if problem is not None:
@@ -214,19 +224,32 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
                   function_timeout: Callable[[], float | None] = function_timeout_seconds) -> Settings:
     """Settings from ``environ`` (default: the process environment); raises SettingsError."""
     read = _Reader(os.environ if environ is None else environ)
+    pooled = read.text(BACKENDS_SETTING) is not None  # then the single-endpoint settings are only defaults
     auth = _auth_mode(read)
-    endpoint = _endpoint(read)
+    endpoint = _endpoint(read, required=not pooled)
     deployment = read.text("AZURE_OPENAI_DEPLOYMENT")
     if deployment is None:
-        read.problems["AZURE_OPENAI_DEPLOYMENT"] = "is required"
+        if not pooled:
+            read.problems["AZURE_OPENAI_DEPLOYMENT"] = "is required"
     elif (problem := deployment_problem(deployment)) is not None:
         read.problems["AZURE_OPENAI_DEPLOYMENT"] = problem
+        deployment = None
     api_version = read.text("AZURE_OPENAI_API_VERSION", DEFAULT_API_VERSION)
     if (problem := api_version_problem(api_version or "")) is not None:
         read.problems["AZURE_OPENAI_API_VERSION"] = problem
     api_key = read.text("AZURE_OPENAI_API_KEY")
-    if auth == "key" and api_key is None:
+    if auth == "key" and api_key is None and not pooled:
         read.problems["AZURE_OPENAI_API_KEY"] = "is required when AZURE_OPENAI_AUTH is key"
+    client_id = read.text("AZURE_CLIENT_ID")
+    token_scope = read.text("AZURE_OPENAI_TOKEN_SCOPE", DEFAULT_TOKEN_SCOPE) or ""
+    backends: tuple[BackendSettings, ...] = ()
+    if pooled:
+        backends, problems = parse_backends(
+            read.environ, default_deployment=deployment, default_api_version=api_version or DEFAULT_API_VERSION,
+            default_auth=auth, default_client_id=client_id, token_scope=token_scope,
+            validate_endpoint=endpoint_problem, validate_deployment=deployment_problem,
+            validate_api_version=api_version_problem)
+        read.problems.update(problems)
 
     deadline_cap = FRONT_END_LIMIT_SECONDS
     host_timeout = function_timeout()
@@ -260,6 +283,5 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         raise SettingsError(read.problems)
     return Settings(
         upstream=UpstreamSettings(endpoint=endpoint, deployment=deployment or "", api_version=api_version or "",
-                                  auth=auth, api_key=api_key, client_id=read.text("AZURE_CLIENT_ID"),
-                                  token_scope=read.text("AZURE_OPENAI_TOKEN_SCOPE", DEFAULT_TOKEN_SCOPE) or ""),
-        retry=retry, limits=limits, log_text=log_text)
+                                  auth=auth, api_key=api_key, client_id=client_id, token_scope=token_scope),
+        retry=retry, limits=limits, log_text=log_text, backends=backends)

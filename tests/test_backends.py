@@ -485,7 +485,9 @@ def test_everything_throttled_or_broken_still_counts_as_throttled():
     assert pool.next_recovery() == Recovery(20, False)  # an outage, not only throttling: 503
     only_broken = pool_of(backend("a"))
     only_broken.record_failure("a", "misconfigured")
-    assert only_broken.next_recovery() == Recovery(60, False)
+    assert only_broken.next_recovery() == Recovery(60, False, misconfigured=True)
+    pool.record_failure("a", "misconfigured")
+    assert pool.next_recovery() == Recovery(100, False)  # not the misconfigured one's 60 s: nothing to wait for
 
 
 def test_tried_backends_that_are_ready_allow_a_new_round_at_once():

@@ -154,12 +154,16 @@ def test_a_retry_after_from_the_identity_endpoint_does_not_lock_tokens_out(confi
     {"status": 200, "raw": json.dumps({"access_token": JWT_LOOKALIKE, "token_type": "Bearer"})},  # no expires_on
 ])
 def test_token_failures_without_a_cached_token_are_backed_off(configure_app, emulators, clock, caplog, answer):
+    """Callers in a failure's window wait for it within their deadline, or (here, with a
+    deadline shorter than the window) fail at once with Retry-After; either way no new
+    token request until the window ends, and one log line per failure, not per caller."""
     emulators.identity_control.faults(*[answer] * 50)
-    configure_app(AZURE_OPENAI_MAX_RETRIES="0")
+    configure_app(AZURE_OPENAI_MAX_RETRIES="0", AZURE_OPENAI_DEADLINE="0.9")
     with caplog.at_level(logging.WARNING):
         for _ in range(3):  # 192 callers within the first failure's 1 s window
             replies = post_many([SEED] * 64)
             assert {(r.status, r.body["error"]["code"]) for r in replies} == {(503, "credential_unavailable")}
+            assert {r.headers["Retry-After"] for r in replies} == {"1"}
         assert identity_stats(emulators)["token_requests"] == 1
         clock.advance(1.1)
         post_many([SEED] * 64)
@@ -167,8 +171,7 @@ def test_token_failures_without_a_cached_token_are_backed_off(configure_app, emu
         clock.advance(1.1)  # the second failure's window is 2 s: still inside it
         post_many([SEED] * 64)
         assert identity_stats(emulators)["token_requests"] == 2
-    failures = [r for r in caplog.records if r.name == "shared.credentials"]
-    assert len(failures) == 2  # once per failed request, not once per caller
+    assert [r.name for r in caplog.records] == ["shared.credentials"] * 2  # once per failure, not per caller
     assert emulator_stats(emulators)["completion_requests"] == 0
     assert JWT_LOOKALIKE not in caplog.text
 
@@ -336,13 +339,12 @@ def test_azure_identity_does_not_retry_on_its_own(emulators, monkeypatch):
     from azure.core.exceptions import ClientAuthenticationError
 
     from shared.credentials import build_credential
-    from shared.settings import RetrySettings, UpstreamSettings
+    from shared.settings import RetrySettings
 
     monkeypatch.setenv("IDENTITY_ENDPOINT", emulators.identity.endpoint)
     monkeypatch.setenv("IDENTITY_HEADER", emulators.identity.header)
     emulators.identity_control.faults({"status": 500})
-    credential = build_credential(UpstreamSettings("http://127.0.0.1:9", "d", "2024-10-21", "managed_identity"),
-                                  RetrySettings())
+    credential = build_credential("managed_identity", None, RetrySettings())
     with pytest.raises(ClientAuthenticationError):  # CredentialUnavailableError is one
         credential.get_token("https://cognitiveservices.azure.com/.default")
     assert identity_stats(emulators)["token_requests"] == 1
