@@ -38,8 +38,10 @@ $(AZURITE): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json
 run: $(INSTALLED)
 	$(BIN)/python -m devserver $(ARGS)
 
+# The installs run side by side (they wait on the network more than on the CPU); then the suite.
 # tests/test_infra.py runs the infra check; INFRA_CHECK_REQUIRED makes it fail, not skip, without .venv-infra.
-test: $(TEST_NEEDS)
+test:
+	$(MAKE) --no-print-directory --jobs=3 $(TEST_NEEDS)
 	INFRA_CHECK_REQUIRED=1 $(BIN)/python -m pytest tests -ra --timeout=120 $(ARGS)
 
 infra-check: $(INFRA_INSTALLED)
