@@ -106,7 +106,7 @@ def required_by_the_app() -> set[str]:
     """What load_settings reports as missing from an empty environment: read from the code."""
     with pytest.raises(SettingsError) as caught:
         load_settings({}, function_timeout=lambda: None)
-    return {name for name, reason in caught.value.problems.items() if reason == "is required"}
+    return {name for name, reason in caught.value.problems.items() if "is required" in reason}
 
 
 FEATURES = {
@@ -189,7 +189,7 @@ def test_no_operator_is_read_differently_by_pycep_and_bicep(template):
 def test_template_sets_every_setting_the_app_requires(template, feature):
     settings = app_settings(template, **FEATURES[feature])
     required = required_by_the_app()
-    assert required >= {"AZURE_OPENAI_ENDPOINT"}  # the app's code still requires an endpoint
+    assert required, "load_settings({}) reports nothing as required: this check would prove nothing"
     assert required <= set(settings), required - set(settings)
     loaded = load_settings(environ_from(settings))  # raises SettingsError naming any value it rejects
     assert loaded.upstream.auth == "managed_identity"
