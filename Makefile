@@ -1,25 +1,34 @@
 # make run   - serve the app on http://127.0.0.1:7071 (with the emulators when no Azure endpoint is set)
-# make test  - the whole test suite
+# make test  - the whole test suite (the infra check included)
+# make infra-check - parse infra/*.bicep (pycep-parser) and scan it with checkov, offline
 # make lint  - ruff, and azure-functions-doctor on host.json / function_app.py
 # make bench - benchmarks, written to docs/benchmarks.md
 # make azurite / make enqueue REQUEST='{...}' - local Storage, and a sample queue producer
-# Each target creates .venv and installs requirements*.txt when needed.
+# Each target creates .venv and installs requirements.txt + requirements-dev.txt when needed;
+# infra-check and test also create .venv-infra from requirements-infra.txt (checkov's strict pins).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+INFRA_VENV := .venv-infra
+INFRA_INSTALLED := $(INFRA_VENV)/.installed
 # Azurite (npm) for the queue wire-format test and local func start; only where Node.js is installed.
 AZURITE_DIR := devserver/azurite
 AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite
-TEST_NEEDS := $(INSTALLED) $(if $(shell command -v npm 2>/dev/null),$(AZURITE))
-RUFF_ARGS := --line-length 120 --select E,F,W,B --extend-exclude devserver/azurite,tests/specs
+TEST_NEEDS := $(INSTALLED) $(INFRA_INSTALLED) $(if $(shell command -v npm 2>/dev/null),$(AZURITE))
+RUFF_ARGS := --line-length 120 --select E,F,W,B --extend-exclude devserver/azurite,tests/specs,.venv-infra
 
-.PHONY: run test lint bench emulators azurite enqueue clean
+.PHONY: run test lint infra-check bench emulators azurite enqueue clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(INFRA_INSTALLED): requirements-infra.txt
+	test -x $(INFRA_VENV)/bin/python || $(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-infra.txt
 	touch $@
 
 $(AZURITE): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json
@@ -29,8 +38,14 @@ $(AZURITE): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json
 run: $(INSTALLED)
 	$(BIN)/python -m devserver $(ARGS)
 
-test: $(TEST_NEEDS)
-	$(BIN)/python -m pytest tests -ra --timeout=120 $(ARGS)
+# The installs run side by side (they wait on the network more than on the CPU); then the suite.
+# tests/test_infra.py runs the infra check; INFRA_CHECK_REQUIRED makes it fail, not skip, without .venv-infra.
+test:
+	$(MAKE) --no-print-directory --jobs=3 $(TEST_NEEDS)
+	INFRA_CHECK_REQUIRED=1 $(BIN)/python -m pytest tests -ra --timeout=120 $(ARGS)
+
+infra-check: $(INFRA_INSTALLED)
+	$(INFRA_VENV)/bin/python tests/infra_check.py
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check $(RUFF_ARGS) .
@@ -54,4 +69,4 @@ enqueue: $(INSTALLED)
 	$(BIN)/python -m devserver.enqueue '$(REQUEST)' $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis $(AZURITE_DIR)/node_modules
+	rm -rf $(VENV) $(INFRA_VENV) .pytest_cache .hypothesis $(AZURITE_DIR)/node_modules

@@ -44,9 +44,12 @@ def test_local_settings_example_is_what_core_tools_expects():
 
 def test_dev_only_files_never_ship_and_local_settings_are_never_committed():
     funcignore = (ROOT / ".funcignore").read_text().split()
-    for dev_only in ("devserver", "tests", "benchmarks", "docs", "local.settings.json", ".venv"):
+    for dev_only in ("devserver", "tests", "benchmarks", "docs", "local.settings.json", ".venv",
+                     # the azd template and its checker's venv; azd's per-environment state
+                     "infra", "azure.yaml", "requirements-infra.txt", ".venv-infra", ".azure"):
         assert dev_only in funcignore
-    assert "local.settings.json" in (ROOT / ".gitignore").read_text().split()
+    gitignore = (ROOT / ".gitignore").read_text().split()
+    assert {"local.settings.json", ".venv-infra/", ".azure/"} <= set(gitignore)
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     assert "local.settings.json" not in tracked
 
