@@ -275,8 +275,6 @@ class AppConfigState:
         if type(page_size) is not int or not 1 <= page_size <= 1000:
             raise ValueError("page_size must be an integer from 1 to 1000")
         self.readers, self.outage, self.page_size = readers, outage, page_size
-        if outage != "stall":
-            self.sleeper.interrupt()
         return {"readers": self.readers, "outage": self.outage, "page_size": self.page_size}
 
     def snapshot(self) -> dict[str, Any]:
@@ -563,6 +561,7 @@ class AppConfigStandIns:
         self.identity = identity
         self._own_identity = own_identity
         self._host, self._port = appconfig.server_address[0], appconfig.port
+        self.is_up = True
 
     @classmethod
     def start(cls, seed: str | Path | Mapping[str, Any] | None = None, *, host: str = "127.0.0.1", port: int = 0,
@@ -640,10 +639,13 @@ class AppConfigStandIns:
     def take_down(self) -> None:
         """Close the store's port: clients get connection refused until ``bring_up()``."""
         self.appconfig.stop()
+        self.is_up = False
 
     def bring_up(self) -> None:
         """Listen again on the same port, with the same data."""
-        self.appconfig = AppConfigServer(self._host, self._port, ca=self.ca, state=self.appconfig.state).start()
+        if not self.is_up:
+            self.appconfig = AppConfigServer(self._host, self._port, ca=self.ca, state=self.appconfig.state).start()
+            self.is_up = True
 
     def reset(self) -> None:
         self.appconfig.state.reset()

@@ -102,8 +102,6 @@ class KeyVaultState:
         if outage not in OUTAGES:
             raise ValueError(f"outage must be one of {list(OUTAGES)}")
         self.readers, self.outage = readers, outage
-        if outage != "stall":
-            self.sleeper.interrupt()
         return {"readers": self.readers, "outage": self.outage}
 
     def snapshot(self) -> dict[str, Any]:
