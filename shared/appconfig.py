@@ -56,6 +56,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from .ca_bundle import ca_file, ca_problems
 from .settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class AppConfigBootstrap:
     refresh_seconds: float = DEFAULT_REFRESH_SECONDS
     auth: str = "managed_identity"
     client_id: str | None = None
-    ca_file: str | None = None  # REQUESTS_CA_BUNDLE or SSL_CERT_FILE; None: the default roots
+    ca_file: str | None = None  # REQUESTS_CA_BUNDLE or SSL_CERT_FILE (shared.ca_bundle); None: default roots
 
     @property
     def store_setting(self) -> str:
@@ -156,18 +157,12 @@ class AppConfigBootstrap:
             auth = "default" if (text("AZURE_OPENAI_AUTH") or "").lower() == "default" else "managed_identity"
         elif auth not in AUTH_MODES:
             problems["AZURE_APPCONFIG_AUTH"] = f"must be one of {', '.join(AUTH_MODES)}"
-        ca_file = None
-        for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
-            ca_file = text(name)
-            if ca_file is not None:
-                if not os.path.isfile(ca_file):
-                    problems[name] = "must name a readable PEM file"
-                break
+        problems.update(ca_problems(env))
         if problems:
             raise SettingsError(problems)
         return cls(endpoint=endpoint, connection_string=connection_string, key_prefix=prefix, label=label,
                    sentinel=sentinel, refresh_seconds=refresh, auth=auth, client_id=text("AZURE_CLIENT_ID"),
-                   ca_file=ca_file)
+                   ca_file=ca_file(env))
 
 
 def _store_url(value: str, name: str, problems: dict[str, str]) -> str:
