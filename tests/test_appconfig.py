@@ -430,8 +430,8 @@ def test_a_bad_refresh_keeps_the_last_good_settings_and_is_logged_once(standins,
     assert started(source) == LoadState("loaded")
     good = applied.settings
     caplog.set_level(logging.DEBUG)
-    standins.set({"key": "completions:COMPLETIONS_MAX_TOKENS", "value": "-5"},
-                 {"key": "completions:AZURE_OPENAI_API_VERSION", "value": "yesterday"},
+    standins.set({"key": "completions:COMPLETIONS_MAX_TOKENS", "value": "-987654"},
+                 {"key": "completions:AZURE_OPENAI_API_VERSION", "value": "yesterday-q7z"},
                  {"key": "completions:sentinel", "value": "2"})
     assert check_now(source, clock) == "rejected"
     assert applied.settings is good  # still in force
@@ -441,7 +441,7 @@ def test_a_bad_refresh_keeps_the_last_good_settings_and_is_logged_once(standins,
     assert check_now(source, clock) == "unchanged"  # retried at the next interval; nothing new to apply
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "shared.appconfig"]
     assert len(warnings) == 1 and error in warnings[0]
-    assert "yesterday" not in caplog.text and "-5" not in caplog.text
+    assert "yesterday-q7z" not in caplog.text and "-987654" not in caplog.text
 
     standins.set({"key": "completions:COMPLETIONS_MAX_TOKENS", "value": "64"},
                  {"key": "completions:AZURE_OPENAI_API_VERSION", "delete": True},
