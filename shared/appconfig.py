@@ -322,18 +322,17 @@ class AppConfigSource:
         while not self._stopped.is_set():
             self.counters["load_attempts"] += 1
             started = time.perf_counter()
+            loaded = False
             try:
-                provider = self._load()
+                loaded = self._first_values(self._load())
             except Exception as exc:  # noqa: BLE001 - every failure is a reason and a retry, never a crash
                 reason = _reason(exc)
                 self._state = LoadState("failed", reason, {self.bootstrap.store_setting: reason})
                 self._report_error(reason, "load", _describe(exc))
-                loaded = False
-            else:
-                loaded = self._first_values(provider)
-            self.timings["last_load_seconds"] = time.perf_counter() - started
-            if not self.first_attempt.done():
-                self.first_attempt.set_result(self._state)
+            finally:
+                self.timings["last_load_seconds"] = time.perf_counter() - started
+                if not self.first_attempt.done():  # whatever happened, waiters learn the state
+                    self.first_attempt.set_result(self._state)
             if loaded:
                 return
             failures += 1
