@@ -86,7 +86,10 @@ def test_host_json_limits_are_consistent_with_the_app_defaults():
 def test_runtime_requirements_are_pinned():
     lines = [line for line in (ROOT / "requirements.txt").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
-    assert {line.split("==")[0] for line in lines} == {"aiohttp", "azure-functions", "azure-identity", "openai",
-                                                                     "requests"}
+    assert {line.split("==")[0] for line in lines} == {
+        "aiohttp", "azure-functions", "azure-identity", "openai", "requests",
+        # settings from App Configuration (shared/appconfig.py): the provider, the client whose
+        # wire behaviour it relies on, and Key Vault for references
+        "azure-appconfiguration-provider", "azure-appconfiguration", "azure-keyvault-secrets"}
     assert all("==" in line for line in lines)
     assert "openai==0.28.1" in lines

@@ -1,0 +1,591 @@
+"""Settings from Azure App Configuration: loaded in the background, refreshed when a sentinel key changes.
+
+Uses the real ``azure-appconfiguration-provider`` (and ``azure-keyvault-secrets``
+for Key Vault references). Nothing from ``azure.appconfiguration`` or
+``azure.keyvault`` is imported until a store is configured and ``start()`` runs:
+``AppConfigBootstrap.from_environ`` returns None without a store, and a plain
+app's cold start is unchanged.
+
+How it runs (each on its own daemon thread; nothing here blocks a caller):
+
+- ``start()`` begins the first load. Until it ends, ``state()`` is ``loading``;
+  ``first_attempt`` (a ``concurrent.futures.Future`` that cannot be cancelled, so
+  ``asyncio.wrap_future`` + a timeout is safe) then resolves with the state:
+  ``loaded``, or ``failed`` with a reason (``unreachable``, ``unauthorized``,
+  ``invalid``) and the settings to name in a 503. A failed load is retried with
+  backoff until one succeeds.
+- ``maybe_refresh()`` is cheap and meant for every invocation: at most every
+  ``AZURE_APPCONFIG_REFRESH_SECONDS`` it starts one background check of the
+  sentinel key (a conditional GET: 304 when unchanged). On a change the provider
+  reloads the whole prefix and ``apply`` gets the new values. A refresh that
+  fails (store unreachable, values rejected by ``apply``) keeps the last good
+  settings, is logged once by setting name (never values) and is retried at the
+  next interval.
+
+Provider behaviours this module relies on or works around (azure-appconfiguration-provider 2.5):
+
+- Replica discovery (DNS SRV lookups of ``_origin._tcp.<host>``) is on by default;
+  it is turned off here (``replica_discovery_enabled=False``): one store, no DNS.
+- ``load()`` makes a failure last at least 5 s (its "minimum uptime" guard), and
+  retries for ``startup_timeout`` (default 100 s) with 5-30 s sleeps. Here
+  ``startup_timeout=0`` (one pass per attempt) and the retries are ours, with
+  backoff and an injectable wait. SDK retries are bounded (``retry_total=1``), and
+  timeouts short.
+- Its refresh timer has a 1 s floor and reads ``time.time()``; it is set to 1 s
+  and this module's own (injectable) clock decides when to check.
+- Key Vault references are resolved by our ``secret_resolver`` with the same
+  identity, bounded retries and the CA settings; resolved secrets are cached by
+  the provider per reference URI for the life of the process (a new secret
+  version is picked up when the reference changes, e.g. to a versioned URI).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from .ca_bundle import ca_file, ca_problems
+from .settings import SettingsError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEY_PREFIX = "completions:"
+DEFAULT_SENTINEL = "completions:sentinel"
+DEFAULT_REFRESH_SECONDS = 30.0
+AUTH_MODES = ("managed_identity", "default")
+NULL_LABEL = "\0"  # App Configuration's "no label" in filters
+# Names a store may never set: the bootstrap itself, the identity used to reach the
+# store, the trust roots, and what the platform owns (a store able to move
+# IDENTITY_ENDPOINT could have the app hand its identity header to another host).
+BOOTSTRAP_NAMES = frozenset({
+    "AZURE_CLIENT_ID", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET",
+    "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE",
+})
+BOOTSTRAP_PREFIXES = ("AZURE_APPCONFIG_", "FUNCTIONS_", "AzureWebJobs", "WEBSITE_")
+# The SDK clients' own retries and timeouts: short, since our loop retries.
+CLIENT_OPTIONS = {"retry_total": 1, "retry_backoff_factor": 0.5, "retry_backoff_max": 2,
+                  "connection_timeout": 5.0, "read_timeout": 10.0}
+CREDENTIAL_OPTIONS = {"retry_total": 0, "connection_timeout": 5.0, "read_timeout": 10.0}
+PROVIDER_REFRESH_FLOOR_SECONDS = 1  # the provider's minimum refresh_interval
+
+
+def is_bootstrap_name(name: str) -> bool:
+    """True for settings that must come from app settings, never from the store."""
+    return name in BOOTSTRAP_NAMES or name.startswith(BOOTSTRAP_PREFIXES)
+
+
+# -- bootstrap ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class AppConfigBootstrap:
+    """Where the store is and how to read it; validated once, from app settings only."""
+
+    endpoint: str | None
+    connection_string: str | None = field(default=None, repr=False)
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    label: str | None = None
+    sentinel: str = DEFAULT_SENTINEL
+    refresh_seconds: float = DEFAULT_REFRESH_SECONDS
+    auth: str = "managed_identity"
+    client_id: str | None = None
+    ca_file: str | None = None  # REQUESTS_CA_BUNDLE or SSL_CERT_FILE (shared.ca_bundle); None: default roots
+
+    @property
+    def store_setting(self) -> str:
+        """The setting that names the store (what a 503 points at when it cannot be read)."""
+        return "AZURE_APPCONFIG_ENDPOINT" if self.endpoint else "AZURE_APPCONFIG_CONNECTION_STRING"
+
+    @property
+    def trimmed_sentinel(self) -> str | None:
+        """The sentinel's name after prefix trimming, when it lies under the prefix."""
+        return self.sentinel[len(self.key_prefix):] if self.sentinel.startswith(self.key_prefix) else None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "AppConfigBootstrap | None":
+        """The bootstrap settings; None when no store is configured. Raises SettingsError
+        naming bad settings (never their values)."""
+        env = os.environ if environ is None else environ
+        problems: dict[str, str] = {}
+
+        def text(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value and value.strip() else None
+
+        endpoint, connection_string = text("AZURE_APPCONFIG_ENDPOINT"), text("AZURE_APPCONFIG_CONNECTION_STRING")
+        if endpoint is None and connection_string is None:
+            return None
+        if endpoint is not None and connection_string is not None:
+            problems["AZURE_APPCONFIG_CONNECTION_STRING"] = "must not be set together with AZURE_APPCONFIG_ENDPOINT"
+        if endpoint is not None:
+            endpoint = _store_url(endpoint, "AZURE_APPCONFIG_ENDPOINT", problems)
+        if connection_string is not None and not _connection_string_valid(connection_string):
+            problems["AZURE_APPCONFIG_CONNECTION_STRING"] = "must be Endpoint=https://…;Id=…;Secret=… (an access key)"
+
+        prefix = env.get("AZURE_APPCONFIG_KEY_PREFIX")
+        prefix = DEFAULT_KEY_PREFIX if prefix is None or not prefix.strip() else prefix.strip()
+        if re.search(r"[*,\\]", prefix):
+            problems["AZURE_APPCONFIG_KEY_PREFIX"] = "must not contain * , or \\"
+        label = text("AZURE_APPCONFIG_LABEL")
+        if label is not None and (re.search(r"[*,\\\0]", label)):
+            problems["AZURE_APPCONFIG_LABEL"] = "must be one label: no * , \\"
+        sentinel = text("AZURE_APPCONFIG_SENTINEL") or DEFAULT_SENTINEL
+        if re.search(r"[*,\\]", sentinel):
+            problems["AZURE_APPCONFIG_SENTINEL"] = "must be one key: no * , \\"
+        refresh = DEFAULT_REFRESH_SECONDS
+        raw_refresh = text("AZURE_APPCONFIG_REFRESH_SECONDS")
+        if raw_refresh is not None:
+            try:
+                refresh = float(raw_refresh)
+            except ValueError:
+                refresh = math.nan
+            if not (math.isfinite(refresh) and 1 <= refresh <= 86400):
+                problems["AZURE_APPCONFIG_REFRESH_SECONDS"] = "must be a number of seconds between 1 and 86400"
+                refresh = DEFAULT_REFRESH_SECONDS
+        auth = (text("AZURE_APPCONFIG_AUTH") or "").lower()
+        if not auth:  # follow the app's own mode: `default` is local development (az login)
+            auth = "default" if (text("AZURE_OPENAI_AUTH") or "").lower() == "default" else "managed_identity"
+        elif auth not in AUTH_MODES:
+            problems["AZURE_APPCONFIG_AUTH"] = f"must be one of {', '.join(AUTH_MODES)}"
+        problems.update(ca_problems(env))
+        if problems:
+            raise SettingsError(problems)
+        return cls(endpoint=endpoint, connection_string=connection_string, key_prefix=prefix, label=label,
+                   sentinel=sentinel, refresh_seconds=refresh, auth=auth, client_id=text("AZURE_CLIENT_ID"),
+                   ca_file=ca_file(env))
+
+
+def _store_url(value: str, name: str, problems: dict[str, str]) -> str:
+    try:
+        url = urlsplit(value)
+        host = url.hostname
+    except ValueError:
+        url, host = None, None
+    if url is None or url.scheme != "https" or not host or url.query or url.fragment or url.path not in ("", "/"):
+        problems[name] = "must be https://<store>.azconfig.io"
+    return value.rstrip("/")
+
+
+def _connection_string_valid(value: str) -> bool:
+    parts = dict(segment.strip().split("=", 1) for segment in value.split(";") if "=" in segment)
+    if len(value.split(";")) != 3 or set(parts) != {"Endpoint", "Id", "Secret"} or not all(parts.values()):
+        return False
+    problems: dict[str, str] = {}
+    _store_url(parts["Endpoint"], "endpoint", problems)
+    return not problems
+
+
+# -- state ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadState:
+    """``loading`` | ``loaded`` | ``failed``. When failed: ``reason`` (``unreachable``,
+    ``unauthorized``, ``invalid``) and ``problems``, setting name -> reason (names
+    only), ready for a 503 ``not_configured``."""
+
+    status: str
+    reason: str | None = None
+    problems: Mapping[str, str] = field(default_factory=dict)
+
+
+LOADING = LoadState("loading")
+LOADED = LoadState("loaded")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between failed loads: first, first*factor, ... up to cap, each scaled by ±jitter."""
+
+    first: float = 1.0
+    factor: float = 2.0
+    cap: float = 60.0
+    jitter: float = 0.2
+
+    def delay(self, failures: int, rand: Callable[[], float] = random.random) -> float:
+        base = min(self.cap, self.first * self.factor ** max(0, failures - 1))
+        return base * (1 - self.jitter + 2 * self.jitter * rand())
+
+
+DEFAULT_BACKOFF = Backoff()
+
+
+# -- the source ------------------------------------------------------------------------
+class AppConfigSource:
+    """Loads the prefix in a background thread, retries failed loads with backoff, refreshes on the sentinel.
+
+    ``apply(values)`` gets the full trimmed mapping (setting name -> string; Key Vault
+    references resolved; JSON values as JSON text; bootstrap names and the sentinel
+    left out) on the first successful load and on each changed reload. It runs on a
+    background thread, never two at once. It may raise ``SettingsError`` to reject
+    the set: the last good values stay in force.
+    """
+
+    def __init__(self, bootstrap: AppConfigBootstrap, *, apply: Callable[[Mapping[str, str]], None],
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 wait: Callable[[float], Any] | None = None, backoff: Backoff = DEFAULT_BACKOFF,
+                 rand: Callable[[], float] = random.random) -> None:
+        """``clock`` gates refresh checks; ``wall_clock`` stamps ``loaded_at``; ``wait(seconds)``
+        sleeps between failed loads (default: an interruptible sleep that ``stop()`` ends)."""
+        self.bootstrap = bootstrap
+        self._apply = apply
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._stopped = threading.Event()
+        self._wait = wait or self._stopped.wait
+        self._backoff = backoff
+        self._rand = rand
+        self._lock = threading.Lock()
+        self._state = LOADING
+        self._provider: Any = None
+        self._credential_instance: Any = None
+        self._secret_clients: dict[str, Any] = {}
+        self._good_values: dict[str, str] | None = None
+        self._loaded_at: float | None = None
+        self._last_error: str | None = None
+        self._dropped_logged: tuple[str, ...] = ()
+        self._next_check = math.inf
+        self._refresh: Future | None = None
+        self._thread: threading.Thread | None = None
+        # set by the provider's callbacks during one refresh (refreshes never overlap)
+        self._changed = False
+        self._refresh_error: BaseException | None = None
+        self.first_attempt: Future = Future()
+        self.first_attempt.set_running_or_notify_cancel()  # a running future cannot be cancelled by a waiter
+        self.counters = {"load_attempts": 0, "load_failures": 0, "refresh_checks": 0, "refreshes_applied": 0,
+                         "refreshes_rejected": 0, "refresh_failures": 0, "refreshes_skipped": 0}
+        self.timings: dict[str, float | None] = {"last_load_seconds": None, "last_check_seconds": None}
+
+    # -- the interface ---------------------------------------------------------------
+    def start(self) -> None:
+        """Begin the first load on a background thread; returns at once."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._load_loop, name="appconfig-load", daemon=True)
+        self._thread.start()
+
+    def state(self) -> LoadState:
+        return self._state
+
+    def maybe_refresh(self) -> Future | None:
+        """Cheap, never blocks: when a check is due, start one in the background and return its
+        future (resolving to ``applied``, ``unchanged``, ``rejected``, ``failed`` or ``skipped``);
+        otherwise None."""
+        now = self._clock()
+        if now < self._next_check:
+            return None
+        with self._lock:
+            if (self._refresh is not None or now < self._next_check or self._provider is None
+                    or self._stopped.is_set()):
+                return None
+            self._next_check = now + self.bootstrap.refresh_seconds
+            self._refresh = future = Future()
+            future.set_running_or_notify_cancel()
+        threading.Thread(target=self._run_refresh, args=(future,), name="appconfig-refresh", daemon=True).start()
+        return future
+
+    def describe(self) -> dict[str, Any]:
+        """For the health endpoint: no endpoint, no values."""
+        loaded_at = self._loaded_at
+        return {"source": "app_configuration",
+                "loaded_at": None if loaded_at is None else
+                datetime.fromtimestamp(loaded_at, timezone.utc).isoformat(timespec="seconds"),
+                "last_refresh_error": self._last_error}
+
+    def stop(self) -> None:
+        """Stop retrying and refreshing; close the clients. Threads are daemons: a call in flight
+        ends on its own timeout."""
+        self._stopped.set()
+        with self._lock:
+            provider, self._provider = self._provider, None
+            clients, self._secret_clients = list(self._secret_clients.values()), {}
+            credential, self._credential_instance = self._credential_instance, None
+        for closeable in ([provider] if provider is not None else []) + clients + (
+                [credential] if credential is not None else []):
+            try:
+                closeable.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    # -- the first load ----------------------------------------------------------------
+    def _load_loop(self) -> None:
+        failures = 0
+        while not self._stopped.is_set():
+            self.counters["load_attempts"] += 1
+            started = time.perf_counter()
+            loaded = False
+            try:
+                loaded = self._first_values(self._load())
+            except Exception as exc:  # noqa: BLE001 - every failure is a reason and a retry, never a crash
+                reason = _reason(exc)
+                self._state = LoadState("failed", reason, {self.bootstrap.store_setting: reason})
+                self._report_error(reason, "load", _describe(exc))
+            finally:
+                self.timings["last_load_seconds"] = time.perf_counter() - started
+                if not self.first_attempt.done():  # whatever happened, waiters learn the state
+                    self.first_attempt.set_result(self._state)
+            if loaded:
+                return
+            failures += 1
+            self.counters["load_failures"] += 1
+            delay = self._backoff.delay(failures, self._rand)
+            log.debug("App Configuration: next load attempt in %.1f s", delay)
+            self._wait(delay)
+
+    def _first_values(self, provider: Any) -> bool:
+        if self._stopped.is_set():
+            provider.close()
+            return False
+        values = self._values(provider)
+        try:
+            self._apply(values)
+        except SettingsError as exc:
+            provider.close()
+            self._state = LoadState("failed", "invalid", dict(exc.problems))
+            self._report_error("invalid settings: " + ", ".join(sorted(exc.problems)), "load")
+            return False
+        except Exception as exc:  # noqa: BLE001 - apply's own bug: reported by type, values stay unlogged
+            provider.close()
+            self._state = LoadState("failed", "invalid", {self.bootstrap.store_setting: "could not be applied"})
+            self._report_error(f"settings could not be applied ({type(exc).__name__})", "load")
+            return False
+        with self._lock:
+            self._provider = provider
+            self._good_values = values
+            self._loaded_at = self._wall_clock()
+            self._next_check = self._clock() + self.bootstrap.refresh_seconds
+        self._state = LOADED
+        self._clear_error()
+        log.info("App Configuration: loaded %d settings (%s)", len(values), ", ".join(sorted(values)) or "none")
+        return True
+
+    def _load(self) -> Any:
+        from azure.appconfiguration.provider import SettingSelector, WatchKey, load
+
+        b = self.bootstrap
+        label = b.label if b.label is not None else NULL_LABEL
+        options: dict[str, Any] = dict(
+            selects=[SettingSelector(key_filter=b.key_prefix + "*", label_filter=label)],
+            trim_prefixes=[b.key_prefix],
+            refresh_on=[WatchKey(b.sentinel, label)],
+            refresh_interval=PROVIDER_REFRESH_FLOOR_SECONDS,
+            on_refresh_success=self._on_refresh_success,
+            on_refresh_error=self._on_refresh_error,
+            secret_resolver=self._resolve_secret,
+            replica_discovery_enabled=False,  # no DNS SRV lookups for replicas
+            startup_timeout=0,  # one pass: the retries are ours
+            connection_verify=b.ca_file or True,
+            **CLIENT_OPTIONS,
+        )
+        if b.connection_string:
+            return load(connection_string=b.connection_string, **options)
+        return load(endpoint=b.endpoint, credential=self._credential(), **options)
+
+    # -- refresh -----------------------------------------------------------------------
+    def _on_refresh_success(self) -> None:
+        self._changed = True
+
+    def _on_refresh_error(self, error: Exception) -> None:
+        self._refresh_error = error
+
+    def _run_refresh(self, future: Future) -> None:
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            outcome = self._check()
+        except Exception as exc:  # noqa: BLE001 - e.g. a malformed Key Vault reference: logged, retried
+            self._report_error(_reason(exc), "refresh", _describe(exc))
+        finally:
+            self.timings["last_check_seconds"] = time.perf_counter() - started
+            key = {"applied": "refreshes_applied", "rejected": "refreshes_rejected", "failed": "refresh_failures",
+                   "skipped": "refreshes_skipped"}.get(outcome)
+            self.counters["refresh_checks"] += 1
+            if key:
+                self.counters[key] += 1
+            with self._lock:
+                self._refresh = None
+            future.set_result(outcome)
+
+    def _check(self) -> str:
+        provider = self._provider
+        if provider is None:
+            return "skipped"
+        self._changed, self._refresh_error = False, None
+        responses: list[int] = []
+        provider.refresh(raw_response_hook=lambda response: responses.append(response.http_response.status_code))
+        error = self._refresh_error
+        if error is not None and (responses or _is_azure_error(error)):
+            self._report_error(_reason(error), "refresh", _describe(error))
+            return "failed"
+        if self._changed:
+            return self._changed_values(self._values(provider))
+        if not responses:
+            # Held back by the provider itself: its refresh timer (1 s floor, real time), or the
+            # store's client still in the backoff that follows a failure (a RuntimeError, no request).
+            with self._lock:
+                self._next_check = min(self._next_check, self._clock() + PROVIDER_REFRESH_FLOOR_SECONDS)
+            return "skipped"
+        if self._last_error in ("unreachable", "unauthorized"):
+            self._clear_error()
+        return "unchanged"
+
+    def _changed_values(self, values: dict[str, str]) -> str:
+        if values == self._good_values:
+            self._clear_error()
+            return "unchanged"
+        try:
+            self._apply(values)
+        except SettingsError as exc:
+            self._report_error("invalid settings: " + ", ".join(sorted(exc.problems)), "refresh")
+            return "rejected"
+        except Exception as exc:  # noqa: BLE001 - see _first_values
+            self._report_error(f"settings could not be applied ({type(exc).__name__})", "refresh")
+            return "rejected"
+        changed = sorted(name for name in set(values) | set(self._good_values or {})
+                         if values.get(name) != (self._good_values or {}).get(name))
+        with self._lock:
+            self._good_values = values
+            self._loaded_at = self._wall_clock()
+        self._clear_error()
+        log.info("App Configuration: applied a changed set; changed settings: %s", ", ".join(changed))
+        return "applied"
+
+    # -- values ---------------------------------------------------------------------------
+    def _values(self, provider: Any) -> dict[str, str]:
+        values: dict[str, str] = {}
+        dropped = []
+        for name in list(provider.keys()):
+            if not name or name == self.bootstrap.trimmed_sentinel:
+                continue
+            if is_bootstrap_name(name):
+                dropped.append(name)
+                continue
+            value = provider[name]
+            values[name] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        if tuple(sorted(dropped)) != self._dropped_logged:
+            self._dropped_logged = tuple(sorted(dropped))
+            if dropped:
+                log.warning("App Configuration: ignoring %s: bootstrap and platform settings come from app "
+                            "settings only", ", ".join(sorted(dropped)))
+        return values
+
+    # -- identity and Key Vault -----------------------------------------------------------
+    def _credential(self) -> Any:
+        if self._stopped.is_set():  # a load still in flight after stop() makes no new clients
+            raise RuntimeError("App Configuration source stopped")
+        with self._lock:
+            if self._credential_instance is None:
+                if self.bootstrap.auth == "default":
+                    from azure.identity import DefaultAzureCredential
+
+                    self._credential_instance = DefaultAzureCredential(
+                        managed_identity_client_id=self.bootstrap.client_id, **CREDENTIAL_OPTIONS)
+                else:
+                    from azure.identity import ManagedIdentityCredential
+
+                    # ManagedIdentityCredential does not read AZURE_CLIENT_ID itself.
+                    self._credential_instance = ManagedIdentityCredential(
+                        client_id=self.bootstrap.client_id, **CREDENTIAL_OPTIONS)
+            return self._credential_instance
+
+    def _resolve_secret(self, uri: str) -> str:
+        """The provider's ``secret_resolver``: a Key Vault reference's secret, read with our identity."""
+        from azure.keyvault.secrets import KeyVaultSecretIdentifier, SecretClient
+
+        identifier = KeyVaultSecretIdentifier(uri)
+        client = self._secret_clients.get(identifier.vault_url)
+        if client is None:
+            client = SecretClient(
+                identifier.vault_url, self._credential(), connection_verify=self.bootstrap.ca_file or True,
+                # Key Vault's challenge names https://vault.azure.net; only a loopback stand-in
+                # may answer for a host outside that domain.
+                verify_challenge_resource=not _is_loopback(identifier.vault_url), **CLIENT_OPTIONS)
+            self._secret_clients[identifier.vault_url] = client
+        try:
+            return client.get_secret(identifier.name, version=identifier.version).value
+        except Exception as exc:
+            log.warning("App Configuration: Key Vault reference to secret %r on %s not resolved (%s)",
+                        identifier.name, urlsplit(identifier.vault_url).hostname, _describe(exc))
+            raise
+
+    # -- errors, logged once -------------------------------------------------------------
+    def _report_error(self, text: str, during: str, detail: str | None = None) -> None:
+        with self._lock:
+            repeated = text == self._last_error
+            self._last_error = text
+        if repeated:
+            log.debug("App Configuration %s: still %s", during, text)
+            return
+        keeping = "; keeping the last good settings" if self._good_values is not None else ""
+        log.warning("App Configuration %s failed: %s%s%s; retrying", during, text,
+                    f" ({detail})" if detail else "", keeping)
+
+    def _clear_error(self) -> None:
+        with self._lock:
+            previous, self._last_error = self._last_error, None
+        if previous is not None:
+            log.info("App Configuration: recovered from: %s", previous)
+
+
+def _is_azure_error(exc: BaseException) -> bool:
+    from azure.core.exceptions import AzureError
+
+    return isinstance(exc, AzureError)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception, what it wraps, and (for the provider's TimeoutError) each attempt's error."""
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if current is None or any(current is known for known in seen):
+            continue
+        seen.append(current)
+        args = getattr(current, "args", ())
+        if len(args) > 1 and isinstance(args[1], list):  # TimeoutError(message, [errors of each attempt])
+            pending.extend(error for error in args[1] if isinstance(error, BaseException))
+        pending.extend([current.__cause__, current.__context__])
+    return seen
+
+
+def _reason(exc: BaseException) -> str:
+    from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+
+    causes = _causes(exc)
+    if any(isinstance(c, ClientAuthenticationError) or (isinstance(c, HttpResponseError)
+                                                         and c.status_code in (401, 403)) for c in causes):
+        return "unauthorized"
+    if any(isinstance(c, (AzureError, OSError)) for c in causes):
+        return "unreachable"
+    return "invalid"
+
+
+def _describe(exc: BaseException) -> str:
+    """Exception types (and HTTP statuses) of the failure: enough to act on, no bodies, no values."""
+    parts = []
+    for cause in _causes(exc):
+        if isinstance(cause, TimeoutError) and len(cause.args) > 1:
+            continue  # the provider's wrapper: its attempts follow
+        status = getattr(cause, "status_code", None)
+        parts.append(type(cause).__name__ + (f" {status}" if status else ""))
+    return ", ".join(dict.fromkeys(parts)) or type(exc).__name__

@@ -1,0 +1,36 @@
+"""Which CA certificates outbound HTTPS trusts: the standard settings, read the same way everywhere.
+
+``REQUESTS_CA_BUNDLE`` (what requests reads) and then ``SSL_CERT_FILE`` (what
+OpenSSL, and so ``ssl.create_default_context()`` and aiohttp, read). requests
+ignores ``SSL_CERT_FILE`` and uses certifi's roots, so a client built on it must
+be handed the file explicitly (``verify=``, or azure-core's ``connection_verify=``)
+for ``SSL_CERT_FILE`` alone to work. None means the library's default roots.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+CA_SETTINGS = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+def ca_file(environ: Mapping[str, str] | None = None) -> str | None:
+    """The CA file the settings name (the first set of ``CA_SETTINGS``), or None."""
+    env = os.environ if environ is None else environ
+    for name in CA_SETTINGS:
+        value = (env.get(name) or "").strip()
+        if value:
+            return value
+    return None
+
+
+def ca_problems(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The CA setting in force, by name, when it does not name a readable file."""
+    env = os.environ if environ is None else environ
+    for name in CA_SETTINGS:
+        value = (env.get(name) or "").strip()
+        if value:
+            return {} if os.path.isfile(value) and os.access(value, os.R_OK) else {
+                name: "must name a readable PEM file"}
+    return {}
