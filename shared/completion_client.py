@@ -86,7 +86,7 @@ class CompletionClient:
 
     def __init__(self, backends: Sequence[BackendSettings], retry: RetrySettings,
                  tokens: Mapping[tuple, TokenCache], *, http: UpstreamHttp | None = None,
-                 policy: RetryPolicy | None = None, clock: Clock = SYSTEM_CLOCK,
+                 pool: BackendPool | None = None, policy: RetryPolicy | None = None, clock: Clock = SYSTEM_CLOCK,
                  rng: random.Random | None = None) -> None:
         self._targets = {}
         for backend in backends:
@@ -97,7 +97,8 @@ class CompletionClient:
         self._clock = clock
         self._rng = rng
         self._policy = policy or RetryPolicy(max_retries=retry.max_retries)
-        self.pool = BackendPool(backends, clock=clock.monotonic, wall_clock=clock.time, rng=rng)
+        self.tokens = dict(tokens)
+        self.pool = pool or BackendPool(backends, clock=clock.monotonic, wall_clock=clock.time, rng=rng)
         self._http = http or UpstreamHttp([b.endpoint for b in backends], max_connections=retry.max_connections,
                                           max_response_bytes=retry.max_response_bytes)
         self._slots = _PerLoop(retry.max_concurrency)

@@ -55,10 +55,15 @@ def invalid_request(message: str, param: str | None = None) -> AppError:
     return AppError(400, "invalid_request", message, param=param)
 
 
-def not_configured(names: list[str]) -> AppError:
-    return AppError(503, "not_configured",
-                    "The app is not configured: missing or invalid settings: " + ", ".join(names),
-                    details={"settings": names})
+def not_configured(problems: Mapping[str, str]) -> AppError:
+    """503 naming the settings that are missing or invalid, with why (never their values)."""
+    names = sorted(problems)
+    described = ", ".join(f"{name} ({problems[name]})" if problems[name] in _SHORT_REASONS else name for name in names)
+    return AppError(503, "not_configured", "The app is not configured: missing or invalid settings: " + described,
+                    details={"settings": names, "reasons": {name: problems[name] for name in names}})
+
+
+_SHORT_REASONS = {"loading", "unreachable", "unauthorized", "invalid"}  # the settings store's states
 
 
 def credential_unavailable(retryable: bool = True, retry_after: float | None = None) -> AppError:

@@ -1,24 +1,30 @@
 """The completion pipeline every trigger shares: validate, call upstream, shape, log.
 
-One ``CompletionService`` per process holds the settings, the credential and
-its token cache. It never raises to its caller: every request ends as an
-``Outcome`` (a status, a JSON body, headers), and as one log line.
+One ``CompletionService`` per process holds the settings and the client built
+from them (backends, token caches, connections). It never raises to its caller:
+every request ends as an ``Outcome`` (a status, a JSON body, headers), and as
+one log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import time
 import uuid
+from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
 
+from .appconfig import AppConfigBootstrap, AppConfigSource
 from .completion_client import CompletionClient, UpstreamResult
 from .errors import AppError, internal_error, not_configured
 from .retry import SYSTEM_CLOCK, Clock, Deadline
-from .settings import Limits, Settings, SettingsError, load_settings
+from .settings import (FRONT_END_LIMIT_SECONDS, Limits, RetrySettings, Settings, SettingsError,
+                       function_timeout_seconds, load_settings)
+from .upstream_http import UpstreamHttp
 from .validation import parse_json_body, validate_completion_request
 
 log = logging.getLogger(__name__)
@@ -44,64 +50,101 @@ class Outcome(NamedTuple):
         return self.status == 200
 
 
+class Pipeline(NamedTuple):
+    """One consistent set of settings and the client built from them. Replaced as a whole
+    when App Configuration changes the settings: an invocation takes the current one when
+    it starts and finishes on it."""
+
+    settings: Settings | None
+    client: CompletionClient | None
+    problems: Mapping[str, str]  # setting name -> reason, when settings is None
+    loaded_at: float  # epoch seconds
+
+
 class CompletionService:
+    """The process's pipeline, from app settings, or from Azure App Configuration (loaded in
+    the background, refreshed on a sentinel key; ``shared/appconfig.py``) over them."""
+
     def __init__(self, settings: Settings | None, client: CompletionClient | None,
                  problems: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
-        self.settings = settings
-        self._client = client
-        self._problems = dict(problems or {})
         self._clock = clock
+        self._pipeline = Pipeline(settings, client, dict(problems or {}), clock.time())
+        self._source: AppConfigSource | None = None
+        self._app_settings: Mapping[str, str] = {}
+        self._retired: list[tuple[float, UpstreamHttp]] = []  # replaced transports, closed once drained
+
+    @property
+    def settings(self) -> Settings | None:
+        return self._pipeline.settings
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> "CompletionService":
-        # openai 0.28 logs whole request bodies (prompts) at DEBUG; keep them out of the
-        # logs unless the operator asked for text logging.
-        logging.getLogger("openai").setLevel(logging.DEBUG if settings.log_text else logging.INFO)
-        if os.environ.get("OPENAI_LOG", "").lower() in ("debug", "info") and not settings.log_text:
-            log.warning("OPENAI_LOG is set: openai 0.28 prints request bodies (prompts) to stderr itself, "
-                        "whatever COMPLETIONS_LOG_TEXT says; unset it to keep prompts out of the logs")
-        tokens = {}
-        identities = {backend.identity for backend in settings.backends if backend.identity is not None}
-        if identities:
-            # identity modes only: not on key-auth cold start
-            from .credentials import TokenCache, build_credential, quiet_identity_loggers
-
-            quiet_identity_loggers(settings.log_text)
-            for auth, client_id, scope in identities:  # one cache per identity and scope, shared by its backends
-                tokens[(auth, client_id, scope)] = TokenCache(
-                    lambda auth=auth, client_id=client_id: build_credential(auth, client_id, settings.retry),
-                    scope, clock=clock)
-        return cls(settings, CompletionClient(settings.backends, settings.retry, tokens, clock=clock), clock=clock)
+        _configure_logging(settings)
+        return cls(settings, _client_for(settings, clock, None), clock=clock)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, *,
                      clock: Clock = SYSTEM_CLOCK) -> "CompletionService":
-        """The service for this process's settings; unconfigured (answering 503) when they are invalid."""
+        """The service for this process's settings; unconfigured (answering 503) when they are
+        invalid. With a store configured (``AZURE_APPCONFIG_ENDPOINT`` or ``_CONNECTION_STRING``)
+        the first load starts in the background and this returns at once: indexing never
+        waits for the store."""
+        env = dict(os.environ if environ is None else environ)
         try:
-            settings = load_settings(os.environ if environ is None else environ)
+            bootstrap = AppConfigBootstrap.from_environ(env)
+            if bootstrap is None:
+                return cls.from_settings(load_settings(env), clock=clock)
         except SettingsError as exc:
             log.error("the app is not configured: %s", exc)  # names and reasons only, never values
             return cls(None, None, exc.problems, clock=clock)
-        return cls.from_settings(settings, clock=clock)
+        service = cls(None, None, {bootstrap.store_setting: "loading"}, clock=clock)
+        service._app_settings = env
+        service._source = AppConfigSource(bootstrap, apply=service._apply_store_values, clock=clock.monotonic,
+                                          wall_clock=clock.time)
+        service._source.start()
+        return service
+
+    def _apply_store_values(self, values: Mapping[str, str]) -> None:
+        """The store's values over the app settings, validated exactly like app settings, then
+        swapped in (on the source's thread; raises SettingsError to keep the last good set)."""
+        self._install(load_settings({**self._app_settings, **values}))
+
+    def _install(self, settings: Settings) -> None:
+        previous = self._pipeline
+        client = _client_for(settings, self._clock, previous)
+        old = previous.client
+        if old is not None and client.http is not old.http:
+            drained_at = self._clock.monotonic() + (previous.settings.retry.deadline if previous.settings else 0)
+            self._retired.append((drained_at, old.http))
+        _configure_logging(settings)
+        self._pipeline = Pipeline(settings, client, {}, self._clock.time())  # one assignment: atomic
 
     async def aclose(self) -> None:
         """Close this service's connections on the running loop (shutdown, tests)."""
-        if self._client is not None:
-            await self._client.http.aclose()
+        if self._source is not None:
+            self._source.stop()
+        for _, http in self._retired:
+            await http.aclose()
+        if self._pipeline.client is not None:
+            await self._pipeline.client.http.aclose()
 
     # -- requests ------------------------------------------------------------
     async def complete(self, request: bytes | Any, request_id: str, *, source: str = "http") -> Outcome:
         """Run one completion. ``request`` is the raw body, or an already-decoded JSON document."""
         started = time.perf_counter()
+        began = self._clock.monotonic()
         result: UpstreamResult | None = None
         params: dict[str, Any] = {}
+        settings: Settings | None = None
         try:
-            settings = self._configured()
-            deadline = Deadline(settings.retry.deadline, self._clock)
+            pipeline = await self._current()
+            settings = pipeline.settings
+            assert settings is not None and pipeline.client is not None
+            # (a wait for the store's first load counts against the deadline)
+            deadline = Deadline(settings.retry.deadline - (self._clock.monotonic() - began), self._clock)
             data = parse_json_body(request, settings.limits) if isinstance(request, (bytes, bytearray)) else request
             params = validate_completion_request(data, settings.limits)
-            assert self._client is not None
-            result = await self._client.complete(params, deadline, request_id)
+            result = await pipeline.client.complete(params, deadline, request_id)
             outcome = Outcome(200, shape_response(result.response, result.backend.deployment, result.backend.name))
         except AppError as exc:
             outcome = Outcome(exc.status, exc.body(request_id), exc.headers(), exc)
@@ -109,28 +152,59 @@ class CompletionService:
             log.exception("completion request_id=%s failed unexpectedly", request_id)
             error = internal_error()
             outcome = Outcome(error.status, error.body(request_id), error.headers(), error)
-        self._log(outcome, result, params, request_id, source, started)
+        self._log(outcome, result, params, request_id, source, started, settings)
         return outcome
+
+    async def _current(self) -> Pipeline:
+        """The pipeline for a new invocation. While the store's first load is in progress, wait
+        for it (up to the default deadline); once a load attempt has failed, 503 at once."""
+        source = self._source
+        if source is not None:
+            source.maybe_refresh()  # never blocks: at most every AZURE_APPCONFIG_REFRESH_SECONDS, a background check
+            if self._pipeline.settings is None and source.state().status == "loading":
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(source.first_attempt), default_deadline())
+                except TimeoutError:
+                    pass
+        if self._retired:
+            await self._close_drained()
+        pipeline = self._pipeline
+        if pipeline.settings is None:
+            raise not_configured(self._problems())
+        return pipeline
+
+    async def _close_drained(self) -> None:
+        now = self._clock.monotonic()
+        drained = [http for when, http in self._retired if when <= now]
+        self._retired = [(when, http) for when, http in self._retired if when > now]
+        for http in drained:
+            await http.aclose()
+
+    def _problems(self) -> Mapping[str, str]:
+        if self._source is not None and self._pipeline.settings is None:
+            state = self._source.state()
+            return state.problems or {self._source.bootstrap.store_setting: state.status}
+        return self._pipeline.problems
 
     def decode(self, body: bytes) -> Any:
         """The JSON document in ``body`` (AppError 413/400 when too large or not JSON)."""
-        return parse_json_body(body, self.settings.limits if self.settings else Limits())
+        settings = self._pipeline.settings
+        return parse_json_body(body, settings.limits if settings else Limits())
 
     def health(self) -> Outcome:
-        if self.settings is None:
-            return Outcome(503, {"status": "not_configured", "settings": self._problems})
-        first = self.settings.backends[0]
-        assert self._client is not None
+        pipeline = self._pipeline
+        configuration = self._source.describe() if self._source is not None else {
+            "source": "app_settings", "loaded_at": _iso(pipeline.loaded_at), "last_refresh_error": None}
+        if pipeline.settings is None or pipeline.client is None:
+            return Outcome(503, {"status": "not_configured", "settings": dict(self._problems()),
+                                 "configuration": configuration})
+        first = pipeline.settings.backends[0]
         return Outcome(200, {"status": "ok", "deployment": first.deployment, "api_version": first.api_version,
-                             "auth": first.auth, "backends": self._client.pool.snapshot()})
-
-    def _configured(self) -> Settings:
-        if self.settings is None:
-            raise not_configured(sorted(self._problems))
-        return self.settings
+                             "auth": first.auth, "backends": pipeline.client.pool.snapshot(),
+                             "configuration": configuration})
 
     def _log(self, outcome: Outcome, result: UpstreamResult | None, params: dict[str, Any],
-             request_id: str, source: str, started: float) -> None:
+             request_id: str, source: str, started: float, settings: Settings | None) -> None:
         error = outcome.error
         usage = outcome.body.get("usage", {}) if outcome.ok else {}
         attempts = result.attempts if result else (error.attempts if error else 0)
@@ -143,9 +217,60 @@ class CompletionService:
             f"{upstream_ms:.1f}" if upstream_ms is not None else "-",
             usage.get("prompt_tokens", "-"), usage.get("completion_tokens", "-"), usage.get("total_tokens", "-"),
             (time.perf_counter() - started) * 1000)
-        if self.settings is not None and self.settings.log_text and params:
+        if settings is not None and settings.log_text and params:
             log.info("completion text request_id=%s prompt=%r completions=%r", request_id, params.get("prompt"),
                      [choice["text"] for choice in outcome.body.get("choices", [])])
+
+
+def _configure_logging(settings: Settings) -> None:
+    # openai 0.28 logs whole request bodies (prompts) at DEBUG; keep them out of the
+    # logs unless the operator asked for text logging.
+    logging.getLogger("openai").setLevel(logging.DEBUG if settings.log_text else logging.INFO)
+    if os.environ.get("OPENAI_LOG", "").lower() in ("debug", "info") and not settings.log_text:
+        log.warning("OPENAI_LOG is set: openai 0.28 prints request bodies (prompts) to stderr itself, "
+                    "whatever COMPLETIONS_LOG_TEXT says; unset it to keep prompts out of the logs")
+    if any(backend.identity is not None for backend in settings.backends):
+        from .credentials import quiet_identity_loggers
+
+        quiet_identity_loggers(settings.log_text)
+
+
+def _client_for(settings: Settings, clock: Clock, previous: Pipeline | None) -> CompletionClient:
+    """The client for ``settings``, keeping what still applies from the previous pipeline's:
+    the same backends and limits keep the whole client (pool state, tokens, connections);
+    otherwise token caches survive per identity, the pool's state when the backends are the
+    same, and the connections when the endpoints and connection limits are."""
+    old, before = (previous.client, previous.settings) if previous is not None else (None, None)
+    if old is not None and before is not None and before.backends == settings.backends \
+            and before.retry == settings.retry:
+        return old
+    tokens = {}
+    identities = {backend.identity for backend in settings.backends if backend.identity is not None}
+    if identities:
+        from .credentials import TokenCache, build_credential  # identity modes only: not on key-auth cold start
+
+        for identity in identities:  # one cache per identity and scope, shared by its backends
+            auth, client_id, scope = identity
+            tokens[identity] = (old.tokens.get(identity) if old is not None else None) or TokenCache(
+                lambda auth=auth, client_id=client_id: build_credential(auth, client_id, settings.retry),
+                scope, clock=clock)
+    same_backends = before is not None and before.backends == settings.backends
+    same_transport = before is not None and {b.endpoint for b in before.backends} == {
+        b.endpoint for b in settings.backends} and (before.retry.max_connections, before.retry.max_response_bytes) \
+        == (settings.retry.max_connections, settings.retry.max_response_bytes)
+    return CompletionClient(settings.backends, settings.retry, tokens, clock=clock,
+                            pool=old.pool if old is not None and same_backends else None,
+                            http=old.http if old is not None and same_transport else None)
+
+
+def default_deadline() -> float:
+    """The deadline an invocation gets before any settings are known (waiting for the store)."""
+    return RetrySettings.deadline if (cap := function_timeout_seconds()) is None else \
+        min(RetrySettings.deadline, 0.9 * min(cap, FRONT_END_LIMIT_SECONDS))
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
 
 
 def shape_response(upstream: dict[str, Any], deployment: str, backend: str) -> dict[str, Any]:

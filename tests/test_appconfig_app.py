@@ -1,0 +1,147 @@
+"""App Configuration through the app: the store's settings serve requests, change live
+without a restart, and a store that is down or wrong answers 503 naming it, never a
+crash. The real provider against the HTTPS stand-ins; Azure OpenAI from the emulator."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import function_app
+from app_client import LOOP, SEED, SETTING_NAMES, get_health, post_completions
+from devserver.appconfig_emulator import AppConfigStandIns
+from shared.service import CompletionService
+
+STORE_KEY_SECRET = "store-held-key-value-91c2"
+STORE = {
+    "settings": [
+        {"key": "completions:AZURE_OPENAI_DEPLOYMENT", "value": "davinci-002"},
+        {"key": "completions:COMPLETIONS_MAX_TOKENS", "value": "5"},
+        {"key": "completions:sentinel", "value": "1"},
+    ],
+    "secrets": {"openai-key": "replaced-per-test"},
+}
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture(scope="module")
+def store(running_emulators):
+    standins = AppConfigStandIns.start(STORE, identity=running_emulators.identity)
+    yield standins
+    standins.stop()
+
+
+@pytest.fixture
+def app_with_store(store, emulators, monkeypatch, clock):
+    """``app_with_store(**app_settings)``: the app configured from app settings that point at the
+    store (managed identity), as the Functions host would; the service installed in function_app."""
+    store.bring_up()
+    store.reset()
+    made = []
+
+    def configure(refresh_seconds: float = 5, **settings: str | None) -> CompletionService:
+        for name in SETTING_NAMES:
+            monkeypatch.delenv(name, raising=False)
+        values = {**emulators.app_settings(auth="managed_identity"), "AZURE_OPENAI_DEPLOYMENT": "gpt-35-turbo-instruct",
+                  **store.app_settings("managed_identity", refresh_seconds=float(refresh_seconds)), **settings}
+        for name, value in values.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        service = CompletionService.from_environ(clock=clock)
+        made.append(service)
+        monkeypatch.setattr(function_app, "service", service)
+        return service
+
+    yield configure
+    for service in made:
+        LOOP.run(service.aclose())
+    store.bring_up()
+
+
+def test_the_stores_values_override_app_settings_and_serve_requests(app_with_store):
+    app_with_store()
+    reply = post_completions(SEED)  # the first request waits for the first load
+    assert reply.status == 200 and reply.body["deployment"] == "davinci-002"  # the store's, not the app setting's
+    too_many = post_completions({"prompt": "x", "max_tokens": 6})
+    assert too_many.status == 400 and too_many.body["error"]["param"] == "max_tokens"  # the store's limit: 5
+    health = get_health().body
+    assert health["configuration"]["source"] == "app_configuration" and health["configuration"]["loaded_at"]
+    assert health["configuration"]["last_refresh_error"] is None
+
+
+def test_a_setting_changed_in_the_store_applies_without_a_restart(app_with_store, store, emulators, clock):
+    service = app_with_store(refresh_seconds=5)
+    assert post_completions(SEED).status == 200
+    client = service._pipeline.client
+    store.set({"key": "completions:COMPLETIONS_MAX_TOKENS", "value": "50"},
+              {"key": "completions:sentinel", "value": "2"})
+    time.sleep(1.1)  # the provider's own refresh timer has a 1 s floor, on the real clock
+    clock.advance(5)  # the refresh interval, on the app's clock
+    assert post_completions({"prompt": "x", "max_tokens": 50}).status == 400  # this invocation started the check
+    assert wait_for(lambda: post_completions({"prompt": "x", "max_tokens": 50}).status == 200)
+    assert service._pipeline.client is client  # same backends and limits: pool, tokens and connections carry on
+    assert emulators.openai_control.stats()["distinct_bearer_tokens"] == 1  # (the store has its own token)
+
+
+def test_a_bad_value_keeps_the_last_good_settings_and_names_it(app_with_store, store, clock):
+    app_with_store(refresh_seconds=5)
+    assert post_completions(SEED).status == 200
+    store.set({"key": "completions:COMPLETIONS_MAX_TOKENS", "value": "lots"},
+              {"key": "completions:sentinel", "value": "3"})
+    time.sleep(1.1)
+    clock.advance(5)
+    post_completions(SEED)
+    assert wait_for(lambda: get_health().body["configuration"]["last_refresh_error"] is not None)
+    health = get_health()
+    assert health.status == 200 and "COMPLETIONS_MAX_TOKENS" in health.body["configuration"]["last_refresh_error"]
+    assert "lots" not in json.dumps(health.body)
+    assert post_completions({"prompt": "x", "max_tokens": 5}).status == 200  # still the last good limit
+    assert post_completions({"prompt": "x", "max_tokens": 6}).status == 400
+
+
+def test_a_store_down_at_start_is_503_naming_it_then_recovers(app_with_store, store):
+    store.take_down()
+    app_with_store()
+    reply = post_completions(SEED)  # waits for the first attempt (the provider makes a failure last 5 s)
+    assert reply.status == 503 and reply.body["error"]["code"] == "not_configured"
+    assert reply.body["error"]["reasons"] == {"AZURE_APPCONFIG_ENDPOINT": "unreachable"}
+    started = time.monotonic()
+    again = post_completions(SEED)
+    assert again.status == 503 and time.monotonic() - started < 1  # at once, while the load is retried
+    health = get_health()
+    assert health.status == 503 and health.body["settings"] == {"AZURE_APPCONFIG_ENDPOINT": "unreachable"}
+    assert store.endpoint not in json.dumps(health.body) + json.dumps(reply.body)
+    store.bring_up()
+    assert wait_for(lambda: post_completions(SEED).status == 200, timeout=20)
+
+
+def test_backends_and_their_keys_can_come_from_the_store_and_key_vault(app_with_store, store, emulators):
+    store.set_secrets(**{"openai-key": emulators.openai.api_key})
+    backends = [{"name": "primary", "endpoint": emulators.openai.endpoint, "auth": "key",
+                 "api_key_setting": "PRIMARY_OPENAI_KEY"}]
+    store.set({"key": "completions:AZURE_OPENAI_BACKENDS", "value": json.dumps(backends)},
+              {"key": "completions:PRIMARY_OPENAI_KEY", "secret": "openai-key"})
+    app_with_store(AZURE_OPENAI_ENDPOINT=None)
+    reply = post_completions(SEED)
+    assert reply.status == 200 and reply.body["backend"] == "primary"
+    assert emulators.openai_control.stats()["auth_modes"] == {"api-key": 1}
+    assert emulators.openai.api_key not in json.dumps(get_health().body)
+
+
+def test_bad_bootstrap_settings_are_503_naming_them(app_with_store):
+    app_with_store(AZURE_APPCONFIG_REFRESH_SECONDS="often")
+    reply = post_completions(SEED)
+    assert reply.status == 503 and "AZURE_APPCONFIG_REFRESH_SECONDS" in reply.body["error"]["settings"]
+    assert "often" not in reply.raw.decode()
