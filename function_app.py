@@ -18,12 +18,13 @@ import azure.functions as func
 
 from shared import events
 from shared.service import CompletionService, Outcome, request_id_for
-from shared.settings import QueueNames
+from shared.settings import QueueNames, max_dequeue_count
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 service = CompletionService.from_environ()
 queues = QueueNames.from_environ(os.environ)  # binding metadata: read when the host indexes the app
 recent_results = events.RecentResults()
+MAX_DEQUEUE_COUNT = max_dequeue_count()  # host.json: the delivery after which the host gives a message up
 # Identity-based connections use the same name as a prefix: AzureWebJobsStorage__queueServiceUri, ...
 STORAGE = "AzureWebJobsStorage"
 
@@ -53,16 +54,17 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
 async def completion_from_queue(msg: func.QueueMessage, result: func.Out[str]) -> None:
     """A request message on the request queue; its answer goes to the results queue.
     Raises on transient failures so the host redelivers the message."""
-    logging.info("queue message id=%s dequeue_count=%s", msg.id, msg.dequeue_count)
+    logging.info("queue message id=%r dequeue_count=%s", msg.id, msg.dequeue_count)
     result.set(await events.handle_request(service, recent_results, msg.get_body(),
-                                           fallback_id=msg.id or uuid.uuid4().hex, source="queue"))
+                                           fallback_id=msg.id or uuid.uuid4().hex, source="queue",
+                                           last_delivery=(msg.dequeue_count or 0) >= MAX_DEQUEUE_COUNT))
 
 
 @app.queue_trigger(arg_name="msg", queue_name=queues.poison, connection=STORAGE)
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
 async def completion_poisoned(msg: func.QueueMessage, result: func.Out[str]) -> None:
     """A request the host gave up on: answer it with a ``failed`` result (code ``poisoned``)."""
-    logging.warning("poisoned queue message id=%s dequeue_count=%s", msg.id, msg.dequeue_count)
+    logging.warning("poisoned queue message id=%r dequeue_count=%s", msg.id, msg.dequeue_count)
     result.set(events.poisoned_result(service, msg.get_body(), fallback_id=msg.id or uuid.uuid4().hex))
 
 
@@ -70,6 +72,6 @@ async def completion_poisoned(msg: func.QueueMessage, result: func.Out[str]) -> 
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
 async def completion_from_event_grid(event: func.EventGridEvent, result: func.Out[str]) -> None:
     """A custom Event Grid event whose ``data`` is a request; its answer goes to the results queue."""
-    logging.info("event grid event id=%s type=%r subject=%r", event.id, event.event_type, event.subject)
+    logging.info("event grid event id=%r type=%r subject=%r", event.id, event.event_type, event.subject)
     result.set(await events.handle_request(service, recent_results, event.get_json(), fallback_id=event.id,
                                            source="eventgrid"))

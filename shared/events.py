@@ -32,6 +32,9 @@ from .service import CompletionService, request_id_for
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 256
+# A queue message holds 64 KiB, and the output binding base64-encodes it (host.json
+# messageEncoding): 48 KiB of JSON (ASCII: json.dumps escapes everything else).
+MAX_RESULT_CHARS = 48 * 1024
 
 
 class RetryLater(Exception):
@@ -79,15 +82,32 @@ def _failed(correlation_id: str, error: AppError) -> str:
     payload: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.param is not None:
         payload["param"] = error.param
+    payload.update(error.details)
     return json.dumps({"id": correlation_id, "status": "failed", "error": payload})
 
 
+def _too_large(size: int, usage: Any) -> AppError:
+    return AppError(413, "result_too_large",
+                    f"The completion succeeded, but its result ({size} bytes) is larger than a queue message can "
+                    f"carry ({MAX_RESULT_CHARS} bytes): ask for fewer or shorter completions (prompts, n, max_tokens, "
+                    "echo, logprobs), or use the HTTP endpoint. 'usage' says what it cost.", details={"usage": usage})
+
+
+def _poisoned() -> AppError:
+    return AppError(503, "poisoned", "The request kept failing with transient errors (throttling, outages or "
+                                     "timeouts) and was given up (moved to the poison queue); send it again later.")
+
+
 async def handle_request(service: CompletionService, recent: RecentResults, message: bytes | Any, *,
-                   fallback_id: str, source: str) -> str:
+                         fallback_id: str, source: str, last_delivery: bool = False) -> str:
     """The result message (JSON) for one request message; RetryLater when it may succeed later.
 
     ``message`` is the raw body (queue) or the decoded document (Event Grid's ``data``);
     ``fallback_id`` (the queue message or event id) correlates requests sent without an id.
+    ``last_delivery``: the host will not deliver this message again (its dequeue count has
+    reached maxDequeueCount) but move it to the poison queue, where it gets a new message
+    id; a request without its own id then answers ``poisoned`` here, with the id its sender
+    knows.
     """
     try:
         document = service.decode(message) if isinstance(message, (bytes, bytearray)) else message
@@ -112,10 +132,18 @@ async def handle_request(service: CompletionService, recent: RecentResults, mess
     outcome = await service.complete(request, request_id_for(correlation_id), source=source)
     if outcome.ok:
         result = json.dumps({"id": correlation_id, "status": "succeeded", "result": outcome.body})
+        if len(result) > MAX_RESULT_CHARS:
+            log.warning("%s request %r: result of %d bytes is too large for a queue message; answered "
+                        "result_too_large", source, correlation_id, len(result))
+            result = _failed(correlation_id, _too_large(len(result), outcome.body.get("usage")))
         recent.put(key, result)
         return result
     assert outcome.error is not None
     if outcome.error.retryable:
+        if last_delivery and correlation_id == fallback_id:
+            log.warning("%s request %r failed on its last delivery (%s); answered poisoned with its message id",
+                        source, correlation_id, outcome.error.code)
+            return _failed(correlation_id, _poisoned())
         raise RetryLater(f"{outcome.error.code} (HTTP {outcome.status}); the host will deliver the request again")
     return _failed(correlation_id, outcome.error)
 
@@ -129,6 +157,4 @@ def poisoned_result(service: CompletionService, message: bytes, *, fallback_id: 
             correlation_id = document["id"][:MAX_ID_LENGTH]
     except AppError:
         pass
-    return _failed(correlation_id, AppError(
-        503, "poisoned", "The request kept failing with transient errors (throttling, outages or timeouts) "
-                         "and was moved to the poison queue; send it again later."))
+    return _failed(correlation_id, _poisoned())

@@ -229,6 +229,10 @@ def _configure_logging(settings: Settings) -> None:
     if os.environ.get("OPENAI_LOG", "").lower() in ("debug", "info") and not settings.log_text:
         log.warning("OPENAI_LOG is set: openai 0.28 prints request bodies (prompts) to stderr itself, "
                     "whatever COMPLETIONS_LOG_TEXT says; unset it to keep prompts out of the logs")
+    # azure-core logs every request of the Azure SDK clients (token endpoint, App Configuration,
+    # Key Vault) at INFO, several lines each; what an operator needs from them is logged by the app.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(
+        logging.INFO if settings.log_text else logging.WARNING)
     if any(backend.identity is not None for backend in settings.backends):
         from .credentials import quiet_identity_loggers
 

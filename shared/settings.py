@@ -122,6 +122,15 @@ def function_timeout_seconds(host_json: Path = HOST_JSON) -> float | None:
     return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
+def max_dequeue_count(host_json: Path = HOST_JSON) -> int:
+    """host.json's ``extensions.queues.maxDequeueCount`` (the Functions default, 5, when unset)."""
+    try:
+        value = json.loads(host_json.read_text())["extensions"]["queues"]["maxDequeueCount"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 5
+    return value if type(value) is int and value >= 1 else 5
+
+
 class _Reader:
     """Reads settings from a mapping, collecting problems instead of stopping at the first."""
 

@@ -253,3 +253,20 @@ def test_responses_validate_against_the_spec_shapes(configure_app, emulators):
     body = dict(post_completions({"prompt": ["a", "b"], "n": 2, "logprobs": 1}).body)
     body.pop("deployment"), body.pop("text")
     assert spec.response_errors("2024-10-21", body) == []
+
+
+# -- issue 11: numbers of any size ------------------------------------------------------------------
+NUMERIC_FIELDS = ["max_tokens", "temperature", "top_p", "n", "presence_penalty", "frequency_penalty", "logprobs",
+                  "best_of", "seed"]
+
+
+@pytest.mark.parametrize("digits", [400, 4300, 5000, 20000])
+@pytest.mark.parametrize("field", NUMERIC_FIELDS)
+def test_a_huge_integer_in_any_number_field_is_400_naming_it(configure_app, emulators, field, digits):
+    configure_app()
+    for sign in (b"", b"-"):
+        raw = b'{"prompt": "x", "' + field.encode() + b'": ' + sign + b"9" * digits + b"}"
+        assert_error(post_completions(raw=raw), 400, "invalid_request", field)
+    big_bias = b'{"prompt": "x", "logit_bias": {"50256": ' + b"9" * digits + b"}}"
+    assert_error(post_completions(raw=big_bias), 400, "invalid_request", "logit_bias")
+    assert emulator_stats(emulators)["completion_requests"] == 0

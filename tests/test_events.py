@@ -218,3 +218,48 @@ def test_host_json_sets_the_queue_retry_policy():
     queues = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
     assert queues["maxDequeueCount"] == 5 and queues["messageEncoding"] == "base64"
     assert queues["visibilityTimeout"] == "00:00:30"
+
+
+# -- issue 11: what hostile messages and large results used to break -------------------------
+def test_a_huge_integer_in_a_number_field_is_a_failed_result_not_a_redelivery(configure_app, emulators):
+    configure_app()
+    for field in ("temperature", "max_tokens", "seed", "top_p", "n"):
+        body = b'{"id": "big", "prompt": "x", "' + field.encode() + b'": ' + b"1" * 400 + b"}"
+        result = from_queue(message(body))
+        assert result["status"] == "failed" and result["error"]["code"] == "invalid_request", result
+        assert result["error"]["param"] == field
+    assert upstream_calls(emulators) == 0
+
+
+def test_a_result_too_large_for_a_queue_message_is_answered_with_its_usage(configure_app):
+    """A queue message carries 64 KiB, base64: about 48 KiB of JSON. A request within the app's
+    own limits can produce more; it is answered `failed` with code result_too_large and the
+    usage (it was paid for), never left to be redelivered and poisoned."""
+    configure_app()
+    result = from_queue(message({"id": "big-result", "prompt": ["word " * 100] * 16, "n": 10, "echo": True,
+                                 "max_tokens": 200}))
+    assert result["status"] == "failed" and result["error"]["code"] == "result_too_large"
+    assert result["error"]["usage"]["total_tokens"] > 0 and result["id"] == "big-result"
+    assert len(json.dumps(result)) < 48 * 1024
+
+
+def test_a_poisoned_answer_for_a_message_without_id_carries_the_senders_message_id(configure_app, emulators):
+    """The poison queue gets a copy with a new message id, which the sender cannot match: so the
+    last delivery of a message without an id answers `poisoned` itself, with the original id."""
+    configure_app(AZURE_OPENAI_MAX_RETRIES="0")
+    inject(emulators, {"status": 503}, {"status": 503})
+    with pytest.raises(RetryLater):  # an early delivery: the host will deliver it again
+        from_queue(message(SEED, id_="sender-sees-this", dequeue_count=4))
+    result = from_queue(message(SEED, id_="sender-sees-this", dequeue_count=5))  # the last one (maxDequeueCount)
+    assert result == {"id": "sender-sees-this", "status": "failed",
+                      "error": {"code": "poisoned", "message": result["error"]["message"]}}
+    inject(emulators, {"status": 503})
+    with pytest.raises(RetryLater):  # with its own id, it goes through the poison queue as before
+        from_queue(message({"id": "own", **SEED}, dequeue_count=5))
+
+
+def test_an_event_id_with_a_newline_cannot_forge_a_log_line(configure_app, caplog):
+    configure_app()
+    with caplog.at_level(logging.INFO):
+        from_event_grid(event(SEED, id_="evt-1\nINFO forged line status=200"))
+    assert "\nINFO forged" not in caplog.text and "evt-1\\nINFO forged" in caplog.text  # quoted, on one line

@@ -173,3 +173,22 @@ def test_any_settings_load_or_fail_as_settings_errors(environ):
         load_settings(environ, function_timeout=lambda: 180.0)
     except SettingsError as error:
         assert error.problems and all(isinstance(reason, str) for reason in error.problems.values())
+
+
+NUMERIC_FIELDS = ["max_tokens", "temperature", "top_p", "n", "presence_penalty", "frequency_penalty", "logprobs",
+                  "best_of", "seed"]
+
+
+@HANDLER
+@given(st.sampled_from(NUMERIC_FIELDS), st.integers(20, 20_000), st.sampled_from([b"", b"-"]),
+       st.sampled_from([b"", b".5", b"e3", b".0e-2"]))
+def test_handler_with_numbers_of_thousands_of_digits(configure_app, emulators, field, digits, sign, tail):
+    """Any JSON number in any numeric field is a 400 naming the field (Python will not even
+    convert integers of more than 4,300 digits, and math.isfinite overflows on far fewer)."""
+    configure_app(auth="key")
+    raw = b'{"prompt": "x", "' + field.encode() + b'": ' + sign + b"7" * digits + tail + b"}"
+    before = _upstream_calls(emulators)
+    reply = post_completions(raw=raw)
+    assert reply.status == 400 and reply.body["error"]["code"] == "invalid_request", reply.body
+    assert reply.body["error"]["param"] == field
+    assert _upstream_calls(emulators) == before
