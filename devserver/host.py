@@ -357,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         devhost = DevHost(index(app.get_functions()), config, storage, FunctionKeys(args.function_key),
                           args.host, args.port, max_connections, args.idle_timeout)
         asyncio.run(serve(devhost, emulators))
+    except OSError as error:  # the port is taken, most likely
+        print(f"The dev host cannot listen on {args.host}:{args.port}: {error.strerror or error}"
+              " (another `make run` or `func start`? `make run ARGS=\"--port 8080\"` picks another port)",
+              file=sys.stderr)
+        return 1
     finally:
         storage.stop()
         if emulators is not None:

@@ -109,12 +109,20 @@ def node_available() -> bool:
     return shutil.which("node") is not None
 
 
+def _libc_prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl() if sys.platform.startswith("linux") else None  # looked up here, not after fork
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: Azurite gets SIGTERM if the dev host dies without stopping it (kill -9, a crash)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class AzuriteProcess:
@@ -127,7 +135,7 @@ class AzuriteProcess:
             [str(AZURITE_QUEUE), "--queueHost", host, "--queuePort", str(port), "--inMemoryPersistence",
              "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self._workdir.name,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            preexec_fn=_die_with_parent if _PRCTL is not None else None)
         self.output: list[str] = []
         ready = threading.Event()
         threading.Thread(target=self._read, args=(ready,), name="azurite-output", daemon=True).start()
