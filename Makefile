@@ -1,11 +1,16 @@
-# make run   - serve the app on http://127.0.0.1:7071 (with the emulators when no Azure endpoint is set)
+# make run   - serve every function on http://127.0.0.1:7071: HTTP, queues (through Azurite, started
+#              when needed), the Event Grid webhook, the admin API; with the emulators when no Azure
+#              OpenAI endpoint is set
 # make test  - the whole test suite (the infra check included)
-# make infra-check - parse infra/*.bicep (pycep-parser) and scan it with checkov, offline
 # make lint  - ruff, and azure-functions-doctor on host.json / function_app.py
 # make bench - benchmarks, written to docs/benchmarks.md
-# make azurite / make enqueue REQUEST='{...}' - local Storage, and a sample queue producer
-# Each target creates .venv and installs requirements.txt + requirements-dev.txt when needed;
-# infra-check and test also create .venv-infra from requirements-infra.txt (checkov's strict pins).
+# make infra-check - parse infra/*.bicep (pycep-parser) and scan it with checkov, offline
+# make enqueue REQUEST='{...}' [ARGS="--wait 60"] / make results [ARGS="--id ID --wait 60"]
+#            - a sample queue producer and results reader, against make run's storage
+# make azurite - Azurite alone (all three services), e.g. for func start
+# Each target creates .venv and installs requirements.txt + requirements-dev.txt (and Azurite with npm,
+# where Node.js is) when needed; infra-check and test also create .venv-infra from requirements-infra.txt
+# (checkov's strict pins).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -13,13 +18,14 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 INFRA_VENV := .venv-infra
 INFRA_INSTALLED := $(INFRA_VENV)/.installed
-# Azurite (npm) for the queue wire-format test and local func start; only where Node.js is installed.
+# Azurite (npm) for make run's queues, the end-to-end tests and func start; only where Node.js is installed.
 AZURITE_DIR := devserver/azurite
 AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite
-TEST_NEEDS := $(INSTALLED) $(INFRA_INSTALLED) $(if $(shell command -v npm 2>/dev/null),$(AZURITE))
+NPM := $(shell command -v npm 2>/dev/null)
+TEST_NEEDS := $(INSTALLED) $(INFRA_INSTALLED) $(if $(NPM),$(AZURITE))
 RUFF_ARGS := --line-length 120 --select E,F,W,B --extend-exclude devserver/azurite,tests/specs,.venv-infra
 
-.PHONY: run test lint infra-check bench emulators azurite enqueue clean
+.PHONY: run test lint infra-check bench emulators azurite enqueue results clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +41,11 @@ $(AZURITE): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json
 	npm ci --prefix $(AZURITE_DIR) --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Without Node.js (or when npm cannot install Azurite) the dev host says so loudly and serves HTTP only.
 run: $(INSTALLED)
+ifneq ($(NPM),)
+	@$(MAKE) --no-print-directory $(AZURITE) || echo "npm could not install Azurite: queues will not be served" >&2
+endif
 	$(BIN)/python -m devserver $(ARGS)
 
 # The installs run side by side (they wait on the network more than on the CPU); then the suite.
@@ -67,6 +77,10 @@ azurite: $(AZURITE)
 # make enqueue REQUEST='{"prompt": "The food was delicious and the waiter", "stop": "."}' [ARGS="--wait 60"]
 enqueue: $(INSTALLED)
 	$(BIN)/python -m devserver.enqueue '$(REQUEST)' $(ARGS)
+
+# make results [ARGS="--id order-42 --wait 60"]: results from the results queue (each read is deleted)
+results: $(INSTALLED)
+	$(BIN)/python -m devserver.results $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(INFRA_VENV) .pytest_cache .hypothesis $(AZURITE_DIR)/node_modules

@@ -1,4 +1,4 @@
-"""``python -m devserver``: serve the app's HTTP functions locally (see devserver.host)."""
+"""``python -m devserver``: serve the app locally, every trigger (see devserver.host)."""
 
 import sys
 

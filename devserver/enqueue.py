@@ -4,10 +4,11 @@
 
 Messages are base64-encoded text, as the Functions queue trigger expects by
 default (``TextBase64EncodePolicy``); results are read the same way
-(``TextBase64DecodePolicy``). The connection string comes from ``--connection``,
-else ``AzureWebJobsStorage`` (environment, then local.settings.json), else
-Azurite's ``UseDevelopmentStorage=true``. Needs ``azure-storage-queue``
-(in requirements-dev.txt; never deployed).
+(``TextBase64DecodePolicy``, see ``devserver.results``). The connection string
+comes from ``--connection``, else ``AzureWebJobsStorage`` (environment, then
+local.settings.json), else Azurite's ``UseDevelopmentStorage=true``: the
+storage ``make run`` uses, so with ``make run`` serving this needs no
+arguments. Needs ``azure-storage-queue`` (in requirements-dev.txt; never deployed).
 """
 
 from __future__ import annotations
@@ -16,59 +17,27 @@ import argparse
 import json
 import os
 import sys
-import time
 import uuid
-from pathlib import Path
 
-from azure.core.exceptions import ResourceExistsError
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.core.exceptions import ResourceExistsError, ServiceRequestError
+from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
-APP_DIR = Path(__file__).resolve().parent.parent
+from .results import CLIENT_OPTIONS, default_connection, wait_for_result
 
-
-def _client(connection: str, queue: str, **policies) -> QueueClient:
-    client = QueueClient.from_connection_string(connection, queue, **policies)
-    try:
-        client.create_queue()
-    except ResourceExistsError:
-        pass
-    return client
+__all__ = ["enqueue", "wait_for_result", "default_connection", "main"]
 
 
 def enqueue(connection: str, queue: str, request: dict) -> str:
     """Send ``request`` (given an ``id`` if it has none); returns the id."""
     request = {"id": uuid.uuid4().hex, **request}
-    _client(connection, queue, message_encode_policy=TextBase64EncodePolicy()).send_message(json.dumps(request))
+    client = QueueClient.from_connection_string(connection, queue, message_encode_policy=TextBase64EncodePolicy(),
+                                                **CLIENT_OPTIONS)
+    try:
+        client.create_queue()
+    except ResourceExistsError:
+        pass
+    client.send_message(json.dumps(request))
     return request["id"]
-
-
-def wait_for_result(connection: str, results_queue: str, request_id: str, timeout: float) -> dict | None:
-    """The result message for ``request_id`` (deleted once read), or None after ``timeout`` seconds.
-    Other results are left on the queue for their own readers."""
-    client = _client(connection, results_queue, message_decode_policy=TextBase64DecodePolicy())
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for message in client.receive_messages(messages_per_page=32, visibility_timeout=5):
-            try:
-                result = json.loads(message.content)
-            except (TypeError, ValueError):
-                continue
-            if isinstance(result, dict) and result.get("id") == request_id:
-                client.delete_message(message)
-                return result
-        time.sleep(0.5)
-    return None
-
-
-def default_connection() -> str:
-    if os.environ.get("AzureWebJobsStorage"):
-        return os.environ["AzureWebJobsStorage"]
-    settings = APP_DIR / "local.settings.json"
-    if settings.exists():
-        value = json.loads(settings.read_text(encoding="utf-8-sig")).get("Values", {}).get("AzureWebJobsStorage")
-        if value:
-            return value
-    return "UseDevelopmentStorage=true"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,11 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=os.environ.get("COMPLETIONS_RESULT_QUEUE") or "completion-results")
     parser.add_argument("--wait", type=float, default=0, help="seconds to wait for the result (0: do not wait)")
     args = parser.parse_args(argv)
-    request = json.loads(args.request)
+    try:
+        request = json.loads(args.request)
+    except ValueError:
+        parser.error("the request must be JSON, e.g. REQUEST='{\"prompt\": \"Hello\"}'")
     if not isinstance(request, dict):
         parser.error("the request must be a JSON object")
     connection = args.connection or default_connection()
-    request_id = enqueue(connection, args.queue, request)
+    try:
+        request_id = enqueue(connection, args.queue, request)
+    except ServiceRequestError:
+        print(json.dumps({"error": "storage did not answer: is `make run` (or Azurite) running?"}), file=sys.stderr)
+        return 1
     print(json.dumps({"enqueued": request_id, "queue": args.queue}), flush=True)
     if args.wait:
         result = wait_for_result(connection, args.results, request_id, args.wait)

@@ -1,16 +1,22 @@
-"""A local host for the app's HTTP functions, for machines without Azure Functions Core Tools.
+"""A local Functions host for this app, for machines without Azure Functions Core Tools.
 
-``python -m devserver`` does what ``func start`` does for HTTP triggers: loads
-``local.settings.json`` ``Values`` into the environment (variables already set
-win, as with Core Tools), imports ``function_app``, reads each HTTP function's
-route, methods and route parameters from the app's own metadata, honours
-``host.json``'s ``extensions.http.routePrefix``, and serves them over HTTP with
-one thread per connection, so requests run in parallel as on the Functions
-thread pool, and coroutine functions on one long-lived event loop, as the worker runs them.
-Like Core Tools it does not check function keys locally.
+``python -m devserver`` does what ``func start`` does, for the triggers this app
+uses: loads ``local.settings.json`` ``Values`` into the environment (variables
+already set win, as with Core Tools), imports ``function_app``, reads every
+function's bindings from the app's own metadata, and serves them all on one
+asyncio event loop, as the Python worker runs coroutine functions:
 
-When no Azure OpenAI endpoint is configured it also starts the emulators and
-points the app at them with managed-identity auth.
+- HTTP triggers on their routes (``host.json`` ``extensions.http``);
+- queue triggers against the storage in ``AzureWebJobsStorage`` (Azurite, which
+  it starts when nothing answers on Azurite's queue port), as ``host.json``
+  ``extensions.queues`` says, with queue output bindings;
+- Event Grid triggers through the webhook ``/runtime/webhooks/EventGrid``;
+- the admin API (``/admin/functions``) that lists functions and invokes
+  non-HTTP ones.
+
+Function keys are checked only with ``--function-key``. When no Azure OpenAI
+endpoint is configured it also starts the emulators and points the app at them
+with managed-identity auth.
 """
 
 from __future__ import annotations
@@ -18,31 +24,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import inspect
 import json
 import logging
 import os
-import re
 import signal
 import sys
-import threading
-import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import parse_qsl, unquote
+from typing import Callable
 
-import azure.functions as func
+from aiohttp import web
+from azure.core.exceptions import AzureError, ResourceExistsError
 
+from . import storage as storage_module
+from .admin import AdminApi
+from .bindings import QueueOutputs
 from .emulators import DEFAULT_DEPLOYMENT, Emulators
-from .httpserver import Handler, Server
+from .eventgrid import WEBHOOK_PATH, EventGridWebhook
+from .functions import TRIGGER_EVENT_GRID, TRIGGER_QUEUE, Function, Invoker, index
+from .hostconfig import HostConfig, HostConfigError
+from .http_triggers import HttpTriggers, compile_template  # noqa: F401 - compile_template: part of this API
+from .keys import FunctionKeys
+from .queues import QueueListener, poison_queue_name
+from .server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, BoundedServer, connection_limit, raise_file_limit
+from .storage import AzuriteProcess, StorageAccount
 
 APP_DIR = Path(__file__).resolve().parent.parent
-ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE")
-_CONSTRAINTS = {"int": r"-?\d+", "long": r"-?\d+", "alpha": r"[A-Za-z]+", "bool": r"(?:true|false)",
-                "guid": r"[0-9A-Fa-f]{8}-?(?:[0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}",
-                "float": r"-?\d+(?:\.\d+)?", "double": r"-?\d+(?:\.\d+)?", "decimal": r"-?\d+(?:\.\d+)?"}
-_PARAMETER = re.compile(r"^\{(?P<star>\*)?(?P<name>\w+)(?::(?P<constraint>\w+)(?:\([^)]*\))?)?(?P<optional>\?)?\}$")
+SHUTDOWN_GRACE = 10.0  # seconds invocations in flight get to finish on Ctrl-C
+log = logging.getLogger("devserver")
 
 
 # -- settings ---------------------------------------------------------------------------
@@ -67,10 +76,9 @@ def load_local_settings(path: Path, environ: dict | os._Environ = os.environ,
 
 def route_prefix(host_json: Path) -> str:
     try:
-        prefix = json.loads(host_json.read_text())["extensions"]["http"]["routePrefix"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return HostConfig.load(host_json).http.route_prefix
+    except HostConfigError:
         return "api"
-    return str(prefix).strip("/")
 
 
 def endpoint_configured(environ) -> bool:
@@ -83,148 +91,228 @@ def point_at_emulators(emulators: Emulators, environ=os.environ) -> None:
                                           deployment=environ.get("AZURE_OPENAI_DEPLOYMENT") or DEFAULT_DEPLOYMENT))
 
 
-# -- routes ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Route:
-    function_name: str
-    template: str  # the full path template, prefix included
-    methods: tuple[str, ...]
-    pattern: re.Pattern
-    call: Callable[[func.HttpRequest], Any]
+# -- storage ----------------------------------------------------------------------------
+@dataclass
+class Storage:
+    """The storage account queues live in, the Azurite this host started (if any), and,
+    when queues cannot be served, why."""
 
-    def match(self, path: str) -> dict[str, str] | None:
-        found = self.pattern.fullmatch(path)
-        return None if found is None else {k: unquote(v) for k, v in found.groupdict().items() if v is not None}
-
-
-def compile_template(template: str) -> re.Pattern:
-    """An ASP.NET-style route template (``items/{id:int}/{name?}``, ``{*rest}``) as a regex."""
-    regex = ""
-    for segment in [s for s in template.split("/") if s]:
-        parameter = _PARAMETER.match(segment)
-        if parameter is None:
-            regex += "/" + re.escape(segment)
-            continue
-        name = parameter["name"]
-        if parameter["star"]:
-            regex += f"(?:/(?P<{name}>.*))?"
-            continue
-        value = _CONSTRAINTS.get((parameter["constraint"] or "").lower(), r"[^/]+")
-        piece = f"/(?P<{name}>{value})"
-        regex += f"(?:{piece})?" if parameter["optional"] else piece
-    return re.compile(regex or "/?", re.IGNORECASE)
-
-
-def http_routes(functions: list, prefix: str, loop: AppLoop) -> tuple[list[Route], list[tuple[str, str]]]:
-    """The app's HTTP functions as routes, and (name, reason) for each function not served."""
-    routes, skipped = [], []
-    for function in functions:
-        # The function.json the worker gives the host: plain strings, as the host reads them.
-        bindings = json.loads(function.get_function_json())["bindings"]
-        spec = next(b for b in bindings if str(b.get("type", "")).endswith("Trigger"))
-        name = function.get_function_name()
-        if spec.get("type") != "httpTrigger":
-            skipped.append((name, f"{spec.get('type')} (use `func start` for non-HTTP triggers)"))
-            continue
-        user_function = function.get_user_function()
-        arg = spec["name"]
-        extra = [p for p in inspect.signature(user_function).parameters if p != arg]
-        if extra:
-            skipped.append((name, f"needs bindings the dev host does not provide: {', '.join(extra)}"))
-            continue
-        template = "/".join(part for part in (prefix, str(spec.get("route") or name).strip("/")) if part)
-        methods = tuple(m.upper() for m in (spec.get("methods") or ALL_METHODS))
-        routes.append(Route(name, template, methods, compile_template(template), _caller(user_function, arg, loop)))
-    return routes, skipped
-
-
-class AppLoop:
-    """The one long-lived event loop coroutine functions run on, on its own thread, as in
-    the Functions worker (never a loop per request: the app keeps its connections and
-    semaphores per loop)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="app-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coroutine) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+    account: StorageAccount | None = None
+    azurite: AzuriteProcess | None = None
+    problem: str | None = None
+    loud: bool = False  # say the problem in a box: the user expected queues to work
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
+        if self.azurite is not None:
+            self.azurite.stop()
+            self.azurite = None
 
 
-def _caller(user_function, arg: str, loop: AppLoop) -> Callable[[func.HttpRequest], Any]:
-    if inspect.iscoroutinefunction(user_function):
-        return lambda request: loop.run(user_function(**{arg: request}))
-    return lambda request: user_function(**{arg: request})
+def prepare_storage(environ, enabled: bool = True) -> Storage:
+    """The account from ``AzureWebJobsStorage``, with Azurite started when it is this
+    machine's Azurite and nothing answers on its queue port."""
+    if not enabled:
+        return Storage(problem="storage is off (--no-storage)")
+    try:
+        account = storage_module.storage_account(environ)
+    except ValueError as error:
+        return Storage(problem=str(error), loud=True)
+    if not account.is_local_azurite:
+        return Storage(account)
+    host, port = account.host_port
+    if storage_module.answers(host, port):
+        return Storage(account)
+    if not storage_module.node_available():
+        return Storage(problem=f"Node.js is not installed, so Azurite cannot run on {host}:{port} "
+                               "(install Node.js, then `make run` installs Azurite with npm)", loud=True)
+    if not storage_module.AZURITE_QUEUE.exists():
+        return Storage(problem="Azurite is not installed: run `make run` (it runs `npm ci --prefix devserver/azurite`)",
+                       loud=True)
+    try:
+        return Storage(account, AzuriteProcess(host.strip("[]"), port))
+    except (OSError, RuntimeError) as error:
+        return Storage(problem=f"Azurite could not start on {host}:{port}: {error}", loud=True)
 
 
-# -- serving -----------------------------------------------------------------------------
-class HostHandler(Handler):
-    routes: list[Route]  # set on the subclass built by DevHost
+def needs_storage(function: Function) -> bool:
+    return any(b.get("type") in ("queue", "queueTrigger") for b in function.bindings)
 
-    def _dispatch(self) -> None:
-        url = self.url()
+
+# -- the host ---------------------------------------------------------------------------
+@dataclass
+class DevHost:
+    functions: list[Function]
+    config: HostConfig
+    storage: Storage
+    keys: FunctionKeys
+    host: str = "127.0.0.1"
+    port: int = 7071
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    unserved: dict[str, str] = field(default_factory=dict)
+    listeners: dict[str, QueueListener] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        for function in self.functions:
+            reason = function.unserved_reason()
+            if reason:
+                self.unserved[function.name] = reason
+        self.invoker = Invoker(self.config.function_timeout)
+        self.service = None
+        if self.storage.account is not None:
+            await self._connect_storage()
+        for function in self.functions:
+            if function.name not in self.unserved and needs_storage(function) and self.service is None:
+                self.unserved[function.name] = f"needs storage (AzureWebJobsStorage): {self.storage.problem}"
+        served = [f for f in self.functions if f.name not in self.unserved]
+        self.outputs = None
+        if self.service is not None:
+            self.outputs = QueueOutputs(self.service, self.config.queues.message_encoding, self._notify)
+        body_timeout = self.idle_timeout
+        self.http = HttpTriggers(served, self.config.http, self.invoker, self.keys, body_timeout)
+        self.webhook = EventGridWebhook(served, self.invoker, self.outputs, self.keys, body_timeout)
+        self.admin = AdminApi(self.functions, self.invoker, self.outputs, self.keys, self.unserved,
+                              self._invoke_url, body_timeout)
+        app = web.Application(client_max_size=1024 ** 2)
+        app.router.add_route("*", "/{path:.*}", self._dispatch)
+        self.server = await BoundedServer(app, self.host, self.port, max_connections=self.max_connections,
+                                          idle_timeout=self.idle_timeout, shutdown_timeout=SHUTDOWN_GRACE).start()
+        self._tasks = []
+        for function in served:
+            if function.trigger_type == TRIGGER_QUEUE:
+                assert self.outputs is not None
+                listener = QueueListener(function, self.service, self.config.queues, self.invoker, self.outputs)
+                self.listeners[listener.queue_name] = listener
+                self._tasks.append(asyncio.create_task(listener.run(), name=f"listener:{function.name}"))
+
+    async def _connect_storage(self) -> None:
+        """A client for the account, and every queue the served functions use created."""
+        names = set()
+        for function in self.functions:
+            if function.name in self.unserved or not needs_storage(function):
+                continue
+            names |= function.queue_names()
+            if function.trigger_type == TRIGGER_QUEUE:
+                names.add(poison_queue_name(str(function.trigger["queueName"])))
+        names.discard(None)
+        # Storage's own retries would hold a poll for a minute when Azurite stops; the
+        # listener backs off on its own, so only a couple of quick retries here.
+        service = storage_module.queue_service(self.storage.account, initial_backoff=1, increment_base=2,
+                                               retry_total=2, random_jitter_range=0)
         try:
-            body = self.read_body()
-        except ValueError:
-            self.close_connection = True
-            return self.send(400, b"Bad request body framing.", "text/plain")
-        for route in self.routes:
-            route_params = route.match(url.path)
-            if route_params is not None and self.command in route.methods:
-                return self._invoke(route, url, route_params, body)
-        self.send(404, b"", None)
+            async with asyncio.timeout(30):
+                for name in sorted(names):
+                    try:
+                        await service.get_queue_client(name).create_queue()
+                    except ResourceExistsError:
+                        pass
+        except (AzureError, TimeoutError, OSError) as error:
+            await service.close()
+            self.storage.problem = (f"the queues could not be created on {self.storage.account.describe()}: "
+                                    f"{type(error).__name__}")
+            self.storage.loud = True
+            return
+        self.service = service
+        self.queue_names = sorted(names)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
+    def _notify(self, queue_name: str) -> None:
+        listener = self.listeners.get(queue_name)
+        if listener is not None:
+            listener.notify()
 
-    def _invoke(self, route: Route, url, route_params: dict[str, str], body: bytes) -> None:
-        host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.port}"
-        request = func.HttpRequest(
-            method=self.command, url=f"http://{host}{self.path}", headers=dict(self.headers.items()),
-            params=dict(parse_qsl(url.query, keep_blank_values=True)), route_params=route_params, body=body)
-        try:
-            response = route.call(request)
-        except Exception:  # noqa: BLE001 - as the Functions host: a 500, the traceback in the log
-            logging.getLogger("devserver").error("Executed '%s' (Failed)\n%s", route.function_name,
-                                                 traceback.format_exc())
-            return self.send(500, b"", None)
-        if response is None:
-            return self.send(204)
-        if not isinstance(response, func.HttpResponse):
-            return self.send(200, str(response).encode(), "text/plain; charset=utf-8")
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-        content_type = response.headers.get("Content-Type") or f"{response.mimetype}; charset={response.charset}"
-        self.send(response.status_code, response.get_body(), content_type, headers)
+    def _invoke_url(self, function: Function) -> str | None:
+        for route in self.http.routes:
+            if route.function is function:
+                return f"{self.server.base_url}/{route.template}"
+        return None
 
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.path.lstrip("/")  # runs of leading slashes collapse, as in Azure
+        lower = path.lower()
+        if lower.rstrip("/") == WEBHOOK_PATH:
+            return await self.webhook.handle(request)
+        if lower == "/admin" or lower.startswith("/admin/"):
+            return await self.admin.handle(request, self.server.base_url)
+        found = self.http.find(path, request.method)
+        if found is None:
+            raw = "/" + request.raw_path.split("?", 1)[0].lstrip("/")
+            found = self.http.find(raw, request.method)
+        if found is None:
+            return web.Response(status=404)
+        return await self.http.handle(request, *found)
 
-class DevHost(Server):
-    def __init__(self, routes: list[Route], host: str = "127.0.0.1", port: int = 7071) -> None:
-        self.routes = routes
-        super().__init__((host, port), type("BoundHostHandler", (HostHandler,), {"routes": routes}))
+    async def stop(self) -> None:
+        for listener in self.listeners.values():
+            listener.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(self.server.stop(), self.admin.drain(SHUTDOWN_GRACE),
+                             *(listener.drain(SHUTDOWN_GRACE) for listener in self.listeners.values()),
+                             return_exceptions=True)
+        if self.service is not None:
+            await self.service.close()
+        self.invoker.close()
 
-
-def banner(host: DevHost, skipped: list[tuple[str, str]], emulators: Emulators | None) -> str:
-    lines = ["", "Functions:", ""]
-    for route in host.routes:
-        lines.append(f"        {route.function_name}: [{','.join(route.methods)}] {host.base_url}/{route.template}")
-    for name, reason in skipped:
-        lines.append(f"        {name}: not served here: {reason}")
-    lines += ["", "Function keys are not checked locally (as with Core Tools); in Azure, "
-                  "authLevel FUNCTION routes need ?code= or x-functions-key."]
-    if emulators is not None:
+    def banner(self, emulators: Emulators | None) -> str:
+        base = self.server.base_url
+        lines = ["", "Functions:", ""]
+        for route in self.http.routes:
+            lines.append(f"        {route.function.name}: [{','.join(route.methods)}] {base}/{route.template}")
+        for function in self.functions:
+            if function.name in self.unserved:
+                lines.append(f"        {function.name}: {function.trigger_type}: not served here: "
+                             f"{self.unserved[function.name]}")
+            elif function.trigger_type == TRIGGER_QUEUE:
+                lines.append(f"        {function.name}: {TRIGGER_QUEUE}: queue '{function.trigger['queueName']}' "
+                             f"({function.trigger.get('connection') or storage_module.SETTING})")
+            elif function.trigger_type == TRIGGER_EVENT_GRID:
+                lines.append(f"        {function.name}: {TRIGGER_EVENT_GRID}: "
+                             f"{EventGridWebhook.url(base, function.name)}")
+        lines += [""]
+        if self.service is not None and self.storage.account is not None:
+            started = " (started by the dev host, in memory; it stops with it)" if self.storage.azurite else ""
+            lines.append(f"Storage: {self.storage.account.queue_endpoint}{started}; "
+                         f"queues: {', '.join(self.queue_names)}")
+        lines.append(f"Admin API: {base}/admin/functions (POST /admin/functions/{{name}} "
+                     '{"input": "..."} invokes a non-HTTP function)')
+        lines.append("Function keys are checked (--function-key): FUNCTION routes, the webhook and the admin API "
+                     "need ?code= or x-functions-key." if self.keys.enabled else
+                     "Function keys are not checked locally (as with Core Tools); in Azure, "
+                     "authLevel FUNCTION routes need ?code= or x-functions-key.")
         stars = "*" * 78
-        lines += ["", stars,
-                  "* No AZURE_OPENAI_ENDPOINT configured: answers come from the local EMULATOR,",
-                  "* canned text rather than a model, with managed-identity tokens from the",
-                  "* local identity endpoint. Set AZURE_OPENAI_ENDPOINT to use Azure OpenAI.",
-                  f"* Emulator: {emulators.openai.endpoint} (control API: {emulators.openai.base_url}/_emulator/)",
-                  stars]
-    lines += ["", f"Dev host listening on {host.base_url} (Ctrl-C to stop)"]
-    return "\n".join(lines)
+        if self.storage.problem and self.storage.loud:
+            lines += ["", stars, "* QUEUES ARE NOT SERVED: " + self.storage.problem,
+                      "* Only HTTP functions (and the admin API) work. Set AzureWebJobsStorage, or see the",
+                      "* README (\"The dev host\") for running Azurite.", stars]
+        if emulators is not None:
+            lines += ["", stars,
+                      "* No AZURE_OPENAI_ENDPOINT configured: answers come from the local EMULATOR,",
+                      "* canned text rather than a model, with managed-identity tokens from the",
+                      "* local identity endpoint. Set AZURE_OPENAI_ENDPOINT to use Azure OpenAI.",
+                      f"* Emulator: {emulators.openai.endpoint} (control API: {emulators.openai.base_url}/_emulator/)",
+                      stars]
+        lines += ["", f"Dev host listening on {base} (Ctrl-C to stop)"]
+        return "\n".join(lines)
+
+
+async def serve(devhost: DevHost, emulators: Emulators | None) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stopping.is_set():  # a second Ctrl-C: stop now
+            os._exit(130)
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C included: stop cleanly, whenever it comes
+        loop.add_signal_handler(signum, on_signal)
+    await devhost.start()
+    print(devhost.banner(emulators), flush=True)
+    await stopping.wait()
+    await devhost.stop()
+    # The app's own client sessions stay open to the end, as in the worker, whose process
+    # just exits; asyncio would report each one as it is collected with the loop.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,31 +322,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app-dir", type=Path, default=APP_DIR, help="folder of function_app.py and host.json")
     parser.add_argument("--settings", type=Path, default=None,
                         help="local settings file (default: local.settings.json in the app folder)")
+    parser.add_argument("--host-json", type=Path, default=None,
+                        help="host.json to apply (default: the app folder's); tests use it for shorter timings")
+    parser.add_argument("--function-key", default=None,
+                        help="check function keys as Azure does: FUNCTION routes, the Event Grid webhook and "
+                             "the admin API need this key (?code= or x-functions-key)")
+    parser.add_argument("--no-storage", action="store_true",
+                        help="serve HTTP only: no storage, no queue or Event Grid functions")
+    parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                        help="open connections at most; beyond, the oldest idle one is closed")
+    parser.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT,
+                        help="seconds a connection may wait before sending a request (or its body)")
     parser.add_argument("--emulator-latency-ms", type=int, default=0,
                         help="latency of the embedded Azure OpenAI emulator")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    logging.getLogger("azure").setLevel(logging.WARNING)  # azure-core logs every token request at INFO
+    logging.getLogger("azure").setLevel(logging.WARNING)  # azure-core logs every request at INFO
 
     load_local_settings(args.settings or args.app_dir / "local.settings.json")
+    try:
+        config = HostConfig.load(args.host_json or args.app_dir / "host.json")
+    except HostConfigError as error:
+        raise SystemExit(f"host.json: {error}") from None
+    max_connections = connection_limit(args.max_connections, raise_file_limit())
     emulators = None
     if not endpoint_configured(os.environ):
         emulators = Emulators.start(latency_ms=args.emulator_latency_ms)
         point_at_emulators(emulators)
-    sys.path.insert(0, str(args.app_dir))
-    app = importlib.import_module("function_app").app
-    loop = AppLoop()
-    routes, skipped = http_routes(app.get_functions(), route_prefix(args.app_dir / "host.json"), loop)
-    stopped = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C included: stop cleanly, whenever it comes
-        signal.signal(signum, lambda *_: stopped.set())
-    host = DevHost(routes, args.host, args.port).start()
-    print(banner(host, skipped, emulators), flush=True)
-    stopped.wait()
-    host.stop()
-    loop.stop()
-    if emulators is not None:
-        emulators.stop()
+    storage = prepare_storage(os.environ, enabled=not args.no_storage)
+    try:
+        sys.path.insert(0, str(args.app_dir.resolve()))
+        app = importlib.import_module("function_app").app
+        devhost = DevHost(index(app.get_functions()), config, storage, FunctionKeys(args.function_key),
+                          args.host, args.port, max_connections, args.idle_timeout)
+        asyncio.run(serve(devhost, emulators))
+    except OSError as error:  # the port is taken, most likely
+        print(f"The dev host cannot listen on {args.host}:{args.port}: {error.strerror or error}"
+              " (another `make run` or `func start`? `make run ARGS=\"--port 8080\"` picks another port)",
+              file=sys.stderr)
+        return 1
+    finally:
+        storage.stop()
+        if emulators is not None:
+            emulators.stop()
     print("Dev host stopped.", flush=True)
     return 0
