@@ -71,7 +71,10 @@ async def completion_poisoned(msg: func.QueueMessage, result: func.Out[str]) -> 
 @app.event_grid_trigger(arg_name="event")
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
 async def completion_from_event_grid(event: func.EventGridEvent, result: func.Out[str]) -> None:
-    """A custom Event Grid event whose ``data`` is a request; its answer goes to the results queue."""
-    logging.info("event grid event id=%r type=%r subject=%r", event.id, event.event_type, event.subject)
+    """A custom Event Grid event whose ``data`` is a request; its answer goes to the results queue.
+    (The worker passes a ``func.CloudEvent`` instead when the subscription delivers CloudEvents 1.0:
+    its type is ``type``, not ``event_type``.)"""
+    event_type = event.type if isinstance(event, func.CloudEvent) else event.event_type
+    logging.info("event grid event id=%r type=%r subject=%r", event.id, event_type, event.subject)
     result.set(await events.handle_request(service, recent_results, event.get_json(), fallback_id=event.id,
                                            source="eventgrid"))

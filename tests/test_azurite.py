@@ -131,7 +131,7 @@ def send_raw(connection: str, queue: str, text: str, encode: bool = True):
 
 def deliveries(host: DevHostProcess, message_id: str, count: int, timeout: float = 30) -> list[int]:
     """The dequeue counts the app logged for a queue message, once there are ``count``."""
-    lines = host.wait_for_log(rf"queue message id={message_id} dequeue_count=\d+", timeout, count)
+    lines = host.wait_for_log(rf"queue message id='{message_id}' dequeue_count=\d+", timeout, count)
     return [int(re.search(r"dequeue_count=(\d+)", line).group(1)) for line in lines]
 
 
@@ -155,6 +155,17 @@ def test_a_queue_message_gets_its_result(stack, azurite, emulators):
     assert deliveries(stack, sent.id, 1) == [1]
     time.sleep(0.5)
     assert list(QueueClient.from_connection_string(azurite, REQUESTS).peek_messages()) == []  # deleted
+
+
+def test_a_result_too_large_for_a_message_is_delivered_as_result_too_large(stack, azurite, emulators):
+    """Storage refuses messages over 64 KiB; a result that big, already paid for, must still
+    reach the caller: as a failed result with its usage, never as five redeliveries and a poison."""
+    big = {"id": "q-big", "prompt": ["word " * 100] * 16, "n": 10, "echo": True, "max_tokens": 200}
+    sent = send_raw(azurite, REQUESTS, json.dumps(big))
+    result = wait_for_result(azurite, RESULTS, "q-big", timeout=30)
+    assert result["status"] == "failed" and result["error"]["code"] == "result_too_large"
+    assert result["error"]["usage"]["total_tokens"] > 0
+    assert deliveries(stack, sent.id, 1) == [1]
 
 
 def test_a_bad_message_gets_a_failed_result_and_is_not_retried(stack, azurite, emulators):

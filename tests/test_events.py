@@ -172,6 +172,14 @@ def test_event_grid_event_writes_a_result(configure_app):
     assert from_event_grid(event(SEED, id_="evt-9"))["id"] == "evt-9"
 
 
+def test_a_cloud_event_is_served_too(configure_app):
+    """Event Grid subscriptions can deliver CloudEvents 1.0; the worker then passes a func.CloudEvent."""
+    configure_app()
+    cloud_event = func.CloudEvent(id="ce-1", source="/contoso/orders", type="Contoso.Completions.Requested",
+                                  specversion="1.0", data={"id": "ce-req", **SEED}, subject="requests/2")
+    assert from_event_grid(cloud_event)["id"] == "ce-req"
+
+
 def test_event_grid_bad_data_fails_at_once_and_transient_failure_raises(configure_app, emulators):
     configure_app(AZURE_OPENAI_MAX_RETRIES="0")
     assert from_event_grid(event({"prompt": 5}))["error"]["code"] == "invalid_request"
