@@ -9,6 +9,7 @@ instance holds hundreds of completions waiting on Azure OpenAI at once, where
 sync functions would each hold one of the worker's few threads.
 """
 
+import gc
 import json
 import logging
 import os
@@ -78,3 +79,9 @@ async def completion_from_event_grid(event: func.EventGridEvent, result: func.Ou
     logging.info("event grid event id=%r type=%r subject=%r", event.id, event_type, event.subject)
     result.set(await events.handle_request(service, recent_results, event.get_json(), fallback_id=event.id,
                                            source="eventgrid"))
+
+# Everything imported so far lives as long as the process: move it out of the garbage
+# collector's sight, so that a full collection (which stops every invocation on the event
+# loop) scans only what requests create. Measured with 256 completions in flight: full
+# collections took 30-56 ms without this, 8-27 ms with it.
+gc.freeze()

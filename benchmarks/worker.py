@@ -1,31 +1,33 @@
 """One side of one benchmark, in its own process: ``python -m benchmarks.worker SIDE SCENARIO CONFIG``.
 
-SIDE is ``app`` (the function's user function: ``func.HttpRequest`` in,
-``func.HttpResponse`` out, settings from the environment as in Azure) or
-``baseline`` (the seed guide: ``openai.Completion.create`` with global
-configuration). Each side runs in a separate process because openai's
-per-thread sessions and globals would otherwise be shared between them.
-Prints one JSON line of results.
+SIDE is ``app`` (the function's user function, a coroutine: ``func.HttpRequest``
+in, ``func.HttpResponse`` out, settings from the environment as in Azure, run on
+one event loop as the Functions worker runs it) or ``baseline`` (the seed guide:
+``openai.Completion.create`` with global configuration, on threads). Each side
+runs in a separate process because openai's sessions and globals would otherwise
+be shared between them. Prints one JSON line of results.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import statistics
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Awaitable, Callable
 
 REQUEST = {"prompt": "The food was delicious and the waiter", "stop": ".", "temperature": 0}
 
 
-def app_call(emulator: dict) -> Callable[[], bool]:
+def app_call(emulator: dict, settings: dict | None = None) -> Callable[[], Awaitable[int]]:
     os.environ.update({
         "AZURE_OPENAI_ENDPOINT": emulator["endpoint"], "AZURE_OPENAI_DEPLOYMENT": "gpt-35-turbo-instruct",
         "AZURE_OPENAI_AUTH": "managed_identity", "IDENTITY_ENDPOINT": emulator["identity_endpoint"],
-        "IDENTITY_HEADER": emulator["identity_header"], "AZURE_OPENAI_TIMEOUT": "10",
+        "IDENTITY_HEADER": emulator["identity_header"], "AZURE_OPENAI_TIMEOUT": "10", **(settings or {}),
     })
     import azure.functions as func
 
@@ -34,27 +36,31 @@ def app_call(emulator: dict) -> Callable[[], bool]:
     user_function = function_app.completions.build().get_user_function()
     body = json.dumps(REQUEST).encode()
 
-    def call() -> bool:
+    async def call() -> int:
         request = func.HttpRequest(method="POST", url="http://localhost:7071/api/completions", body=body,
                                    headers={"content-type": "application/json"})
-        return user_function(request).status_code == 200
+        return (await user_function(request)).status_code
 
     return call
 
 
-def baseline_call(emulator: dict) -> Callable[[], bool]:
+def baseline_call(emulator: dict) -> Callable[[], int]:
     os.environ.update({"IDENTITY_ENDPOINT": emulator["identity_endpoint"],
                        "IDENTITY_HEADER": emulator["identity_header"]})
+    import openai.error
+
     from benchmarks import seed_guide
 
     seed_guide.configure(emulator["endpoint"], "2024-10-21")
 
-    def call() -> bool:
+    def call() -> int:
         try:
             seed_guide.complete("gpt-35-turbo-instruct", **REQUEST)
-            return True
+            return 200
+        except openai.error.OpenAIError as error:  # a failed request, counted by its status
+            return error.http_status or 599
         except Exception:  # noqa: BLE001 - a failed request, counted
-            return False
+            return 599
 
     return call
 
@@ -64,13 +70,30 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_many(call: Callable[[], bool], total: int | None, threads: int, seconds: float | None = None,
-             warmup: bool = False) -> dict:
-    """``total`` calls (or as many as fit in ``seconds``) spread over ``threads`` threads; with
-    ``warmup``, one first call outside the count (credential, token and connection set up, as
-    the guide's configure() does before its first call)."""
+class Tally:
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.latencies: list[float] = []
+
+    def add(self, status: int, seconds: float) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.latencies.append(seconds)
+
+    def result(self, seconds: float, cpu: float) -> dict:
+        ok = self.statuses.get(200, 0)
+        return {"ok": ok, "failed": sum(self.statuses.values()) - ok, "statuses": self.statuses,
+                "seconds": seconds, "cpu_seconds": cpu,
+                "median_ms": statistics.median(self.latencies) * 1000 if self.latencies else None}
+
+
+# -- closed loop: N callers, each calling again as soon as it has its answer --------------------
+def run_threads(call: Callable[[], int], total: int | None, callers: int, seconds: float | None = None,
+                sample_rss_after: float | None = None) -> dict:
+    """The baseline: ``callers`` threads (one first call outside the count: credential, token
+    and connection set up, as the guide's configure() does before its first call)."""
     lock = threading.Lock()
-    counts = {"started": 0, "ok": 0, "failed": 0}
+    counts = {"started": 0}
+    tally = Tally()
     stop_at = None if seconds is None else time.monotonic() + seconds
 
     def loop() -> None:
@@ -80,51 +103,161 @@ def run_many(call: Callable[[], bool], total: int | None, threads: int, seconds:
                         stop_at is not None and time.monotonic() >= stop_at):
                     return
                 counts["started"] += 1
-            ok = call()
+            began = time.perf_counter()
+            status = call()
             with lock:
-                counts["ok" if ok else "failed"] += 1
+                tally.add(status, time.perf_counter() - began)
+
+    rss: list[int] = []
+    with ThreadPoolExecutor(callers) as pool:
+        pool.submit(call).result()
+        started, cpu = time.monotonic(), time.process_time()
+        stop_at = None if seconds is None else started + seconds
+        if sample_rss_after is not None:
+            timer = threading.Timer(sample_rss_after, lambda: rss.append(rss_bytes()))
+            timer.daemon = True
+            timer.start()
+        for future in [pool.submit(loop) for _ in range(callers)]:
+            future.result()
+    result = tally.result(time.monotonic() - started, time.process_time() - cpu)
+    if rss:
+        result["rss_in_flight"] = rss[0]
+    return result
+
+
+async def run_tasks(call: Callable[[], Awaitable[int]], total: int | None, callers: int,
+                    seconds: float | None = None, sample_rss_after: float | None = None) -> dict:
+    """The app: ``callers`` coroutines on this one loop (after one first call outside the count)."""
+    await call()
+    counts = {"started": 0}
+    tally = Tally()
+    rss: list[int] = []
+    started, cpu = time.monotonic(), time.process_time()
+    stop_at = None if seconds is None else started + seconds
+    if sample_rss_after is not None:
+        asyncio.get_running_loop().call_later(sample_rss_after, lambda: rss.append(rss_bytes()))
+
+    async def caller() -> None:
+        while True:
+            if (total is not None and counts["started"] >= total) or (
+                    stop_at is not None and time.monotonic() >= stop_at):
+                return
+            counts["started"] += 1
+            began = time.perf_counter()
+            status = await call()
+            tally.add(status, time.perf_counter() - began)
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    result = tally.result(time.monotonic() - started, time.process_time() - cpu)
+    if rss:
+        result["rss_in_flight"] = rss[0]
+    return result
+
+
+# -- open loop: requests arrive at a fixed rate, whatever the answers take ---------------------------
+async def offer_tasks(call: Callable[[], Awaitable[int]], rate: float, seconds: float) -> dict:
+    await call()
+    tally = Tally()
+    started, cpu = time.monotonic(), time.process_time()
+
+    async def one() -> None:
+        began = time.perf_counter()
+        status = await call()
+        tally.add(status, time.perf_counter() - began)
+
+    tasks = []
+    for number in range(int(rate * seconds)):
+        delay = started + number / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    return tally.result(time.monotonic() - started, time.process_time() - cpu)
+
+
+def offer_threads(call: Callable[[], int], rate: float, seconds: float, threads: int = 256) -> dict:
+    call()
+    tally = Tally()
+    lock = threading.Lock()
+    started, cpu = time.monotonic(), time.process_time()
+
+    def one() -> None:
+        began = time.perf_counter()
+        status = call()
+        with lock:
+            tally.add(status, time.perf_counter() - began)
 
     with ThreadPoolExecutor(threads) as pool:
-        if warmup:  # on a pool thread, so no extra thread (and connection) joins the run
-            pool.submit(call).result()
-        started, cpu = time.monotonic(), time.process_time()
-        for future in [pool.submit(loop) for _ in range(threads)]:
-            future.result()
-    return {"ok": counts["ok"], "failed": counts["failed"], "seconds": time.monotonic() - started,
-            "cpu_seconds": time.process_time() - cpu}
+        for number in range(int(rate * seconds)):
+            delay = started + number / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(one)
+    return tally.result(time.monotonic() - started, time.process_time() - cpu)
 
 
 def main() -> int:
     side, scenario, config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     started = time.perf_counter()
-    call = (app_call if side == "app" else baseline_call)(config["emulator"])
+    if side == "app":
+        call = app_call(config["emulator"], config.get("settings"))
+        loop = asyncio.new_event_loop()
+        run = loop.run_until_complete
+    else:
+        call = baseline_call(config["emulator"])
     if scenario == "first_call":  # from a fresh process: imports, setup, then the first completions
         ready = time.perf_counter()
-        assert call()
+        status = run(call()) if side == "app" else call()
         first = time.perf_counter()
-        assert call()
+        status2 = run(call()) if side == "app" else call()
+        assert status == status2 == 200
         print(json.dumps({"setup": ready - started, "first": first - ready, "second": time.perf_counter() - first}))
         return 0
     if scenario == "sequential":
         # Interactive, so that the two sides can take turns in small blocks: each line
         # on stdin asks for that many timed calls, answered with their durations.
-        for _ in range(config["warmup"]):
-            call()
+        async def timed(count: int) -> list[int]:
+            durations = []
+            for _ in range(count):
+                began = time.perf_counter_ns()
+                await call()
+                durations.append(time.perf_counter_ns() - began)
+            return durations
+
+        def timed_sync(count: int) -> list[int]:
+            durations = []
+            for _ in range(count):
+                began = time.perf_counter_ns()
+                call()
+                durations.append(time.perf_counter_ns() - began)
+            return durations
+
+        if side == "app":
+            run(timed(config["warmup"]))
+        else:
+            timed_sync(config["warmup"])
         print(json.dumps({"ready": True}), flush=True)
         for line in sys.stdin:
-            durations = []
-            for _ in range(int(line)):
-                started = time.perf_counter_ns()
-                call()
-                durations.append(time.perf_counter_ns() - started)
-            print(json.dumps(durations), flush=True)
+            print(json.dumps(run(timed(int(line))) if side == "app" else timed_sync(int(line))), flush=True)
         return 0
+    callers = config.get("callers", 1)
     if scenario == "load":
-        result = run_many(call, config.get("total"), config["threads"], config.get("seconds"), warmup=True)
+        result = (run(run_tasks(call, config.get("total"), callers, config.get("seconds"),
+                                config.get("sample_rss_after")))
+                  if side == "app" else run_threads(call, config.get("total"), callers, config.get("seconds"),
+                                                    config.get("sample_rss_after")))
+    elif scenario == "offered":
+        result = (run(offer_tasks(call, config["rate"], config["seconds"])) if side == "app"
+                  else offer_threads(call, config["rate"], config["seconds"]))
     elif scenario == "memory":
-        run_many(call, config["first"], config["threads"])
-        before = rss_bytes()
-        run_many(call, config["total"] - config["first"], config["threads"])
+        if side == "app":
+            run(run_tasks(call, config["first"], callers))
+            before = rss_bytes()
+            run(run_tasks(call, config["total"] - config["first"], callers))
+        else:
+            run_threads(call, config["first"], callers)
+            before = rss_bytes()
+            run_threads(call, config["total"] - config["first"], callers)
         result = {"rss_first": before, "rss_total": rss_bytes()}
     else:
         raise SystemExit(f"unknown scenario {scenario}")

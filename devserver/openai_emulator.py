@@ -240,18 +240,19 @@ class OpenAIState:
         return stats
 
     def configure(self, changes: dict) -> dict:
-        if set(changes) - {"latency_ms", "content_filter_phrase", "rpm", "tpm"}:
-            raise ValueError("config takes latency_ms, content_filter_phrase, rpm and tpm")
+        if set(changes) - {"latency_ms", "content_filter_phrase", "rpm", "tpm", "quota_window_s"}:
+            raise ValueError("config takes latency_ms, content_filter_phrase, rpm, tpm and quota_window_s")
         latency = changes.get("latency_ms", self.latency_ms)
         phrase = changes.get("content_filter_phrase", self.content_filter_phrase)
         if type(latency) is not int or latency < 0:
             raise ValueError("latency_ms must be an integer >= 0")
         if not isinstance(phrase, str) or not phrase:
             raise ValueError("content_filter_phrase must be a non-empty string")
-        self.quotas.set_limits(changes.get("rpm", self.quotas.rpm), changes.get("tpm", self.quotas.tpm))
+        self.quotas.set_limits(changes.get("rpm", self.quotas.rpm), changes.get("tpm", self.quotas.tpm),
+                               changes.get("quota_window_s"))
         self.latency_ms, self.content_filter_phrase = latency, phrase
         return {"latency_ms": latency, "content_filter_phrase": phrase, "rpm": self.quotas.rpm,
-                "tpm": self.quotas.tpm}
+                "tpm": self.quotas.tpm, "quota_window_s": self.quotas.window}
 
     def reset(self) -> None:
         self.faults.clear()

@@ -660,3 +660,18 @@ def test_command_line_prints_one_json_line_then_serves():
         process.terminate()
         process.wait(timeout=10)
     assert process.returncode == 0
+
+
+def test_the_quota_window_can_be_shortened_for_benchmarks(emulators):
+    """Same limits per shorter window (make bench reaches a sustained state in seconds)."""
+    control = emulators.openai_control
+    assert control.config(rpm=2, quota_window_s=1)["quota_window_s"] == 1
+    try:
+        codes = [post(emulators, SEED).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        time.sleep(1.05)
+        assert post(emulators, SEED).status_code == 200
+        with pytest.raises(requests.HTTPError):
+            control.config(quota_window_s=0)
+    finally:
+        control.config(rpm=None, quota_window_s=60)
