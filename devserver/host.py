@@ -128,7 +128,7 @@ def http_routes(functions: list, prefix: str, loop: AppLoop) -> tuple[list[Route
             continue
         user_function = function.get_user_function()
         arg = spec["name"]
-        extra = [p for p in inspect.signature(user_function).parameters if p != arg]
+        extra = [p for p in inspect.signature(user_function).parameters if p not in (arg, "context")]
         if extra:
             skipped.append((name, f"needs bindings the dev host does not provide: {', '.join(extra)}"))
             continue

@@ -19,6 +19,7 @@ from .completion_client import CompletionClient, UpstreamResult
 from .errors import AppError, internal_error, not_configured
 from .retry import SYSTEM_CLOCK, Clock, Deadline
 from .settings import Limits, Settings, SettingsError, load_settings
+from .telemetry import NOOP, Telemetry
 from .validation import parse_json_body, validate_completion_request
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,17 @@ class Outcome(NamedTuple):
 
 class CompletionService:
     def __init__(self, settings: Settings | None, client: CompletionClient | None,
-                 problems: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
+                 problems: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK,
+                 telemetry: Telemetry = NOOP) -> None:
         self.settings = settings
+        self.telemetry = telemetry  # metrics and traces (shared.telemetry): NOOP unless a switch is set
         self._client = client
         self._problems = dict(problems or {})
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> "CompletionService":
+    def from_settings(cls, settings: Settings, *, clock: Clock = SYSTEM_CLOCK,
+                      telemetry: Telemetry = NOOP) -> "CompletionService":
         # openai 0.28 logs whole request bodies (prompts) at DEBUG; keep them out of the
         # logs unless the operator asked for text logging.
         logging.getLogger("openai").setLevel(logging.DEBUG if settings.log_text else logging.INFO)
@@ -70,19 +74,20 @@ class CompletionService:
             for auth, client_id, scope in identities:  # one cache per identity and scope, shared by its backends
                 tokens[(auth, client_id, scope)] = TokenCache(
                     lambda auth=auth, client_id=client_id: build_credential(auth, client_id, settings.retry),
-                    scope, clock=clock)
-        return cls(settings, CompletionClient(settings.backends, settings.retry, tokens, clock=clock), clock=clock)
+                    scope, clock=clock, telemetry=telemetry)
+        client = CompletionClient(settings.backends, settings.retry, tokens, clock=clock, telemetry=telemetry)
+        return cls(settings, client, clock=clock, telemetry=telemetry)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, *,
-                     clock: Clock = SYSTEM_CLOCK) -> "CompletionService":
+                     clock: Clock = SYSTEM_CLOCK, telemetry: Telemetry = NOOP) -> "CompletionService":
         """The service for this process's settings; unconfigured (answering 503) when they are invalid."""
         try:
             settings = load_settings(os.environ if environ is None else environ)
         except SettingsError as exc:
             log.error("the app is not configured: %s", exc)  # names and reasons only, never values
-            return cls(None, None, exc.problems, clock=clock)
-        return cls.from_settings(settings, clock=clock)
+            return cls(None, None, exc.problems, clock=clock, telemetry=telemetry)
+        return cls.from_settings(settings, clock=clock, telemetry=telemetry)
 
     async def aclose(self) -> None:
         """Close this service's connections on the running loop (shutdown, tests)."""
@@ -92,6 +97,10 @@ class CompletionService:
     # -- requests ------------------------------------------------------------
     async def complete(self, request: bytes | Any, request_id: str, *, source: str = "http") -> Outcome:
         """Run one completion. ``request`` is the raw body, or an already-decoded JSON document."""
+        with self.telemetry.invocation(source, self.settings, request_id) as call:  # its span, its metrics
+            return await self._complete(request, request_id, source, call)
+
+    async def _complete(self, request: bytes | Any, request_id: str, source: str, call: Any) -> Outcome:
         started = time.perf_counter()
         result: UpstreamResult | None = None
         params: dict[str, Any] = {}
@@ -109,7 +118,8 @@ class CompletionService:
             log.exception("completion request_id=%s failed unexpectedly", request_id)
             error = internal_error()
             outcome = Outcome(error.status, error.body(request_id), error.headers(), error)
-        self._log(outcome, result, params, request_id, source, started)
+        call.finish(outcome, result, params)
+        self._log(outcome, result, params, request_id, source, started, call.trace_id)
         return outcome
 
     def decode(self, body: bytes) -> Any:
@@ -130,19 +140,19 @@ class CompletionService:
         return self.settings
 
     def _log(self, outcome: Outcome, result: UpstreamResult | None, params: dict[str, Any],
-             request_id: str, source: str, started: float) -> None:
+             request_id: str, source: str, started: float, trace_id: str = "") -> None:
         error = outcome.error
         usage = outcome.body.get("usage", {}) if outcome.ok else {}
         attempts = result.attempts if result else (error.attempts if error else 0)
         upstream_ms = result.upstream_ms if result else (error.upstream_ms if error else None)
         log.info(
             "completion request_id=%s source=%s backend=%s deployment=%s status=%d code=%s attempts=%d failovers=%s "
-            "upstream_ms=%s prompt_tokens=%s completion_tokens=%s total_tokens=%s duration_ms=%.1f",
+            "upstream_ms=%s prompt_tokens=%s completion_tokens=%s total_tokens=%s duration_ms=%.1f%s",
             request_id, source, result.backend.name if result else "-", result.backend.deployment if result else "-",
             outcome.status, error.code if error else "ok", attempts, result.failovers if result else "-",
             f"{upstream_ms:.1f}" if upstream_ms is not None else "-",
             usage.get("prompt_tokens", "-"), usage.get("completion_tokens", "-"), usage.get("total_tokens", "-"),
-            (time.perf_counter() - started) * 1000)
+            (time.perf_counter() - started) * 1000, f" trace_id={trace_id}" if trace_id else "")
         if self.settings is not None and self.settings.log_text and params:
             log.info("completion text request_id=%s prompt=%r completions=%r", request_id, params.get("prompt"),
                      [choice["text"] for choice in outcome.body.get("choices", [])])
