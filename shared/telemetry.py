@@ -163,9 +163,11 @@ def settings_problems(environ: Mapping[str, str]) -> dict[str, str]:
     for name in ("OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"):
         if not _positive_number(environ.get(name), integer=True):
             problems[name] = "must be a positive integer"
-    queue, batch = environ.get("OTEL_BSP_MAX_QUEUE_SIZE"), environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
-    if not problems and queue and batch and int(batch) > int(queue):
-        problems["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = "must not exceed OTEL_BSP_MAX_QUEUE_SIZE"
+    if not problems:  # the SDK raises when a batch is larger than the queue (defaults 512 and 2048)
+        queue = int((environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or "").strip() or 2048)
+        batch = int((environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or "").strip() or 512)
+        if batch > queue:
+            problems["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = "must not exceed OTEL_BSP_MAX_QUEUE_SIZE (default 512, 2048)"
     return problems
 
 
