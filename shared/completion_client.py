@@ -123,7 +123,6 @@ class CompletionClient:
             self._telemetry.slot_wait(time.perf_counter() - waiting)
         else:
             await slots.acquire()  # returns at once
-            self._telemetry.slot_wait(0.0)
         try:
             if deadline.remaining() < self._policy.min_attempt:  # a slot, but too late to use it
                 raise _overloaded()

@@ -20,16 +20,20 @@ keys, tokens and connection strings never appear.
 
 from __future__ import annotations
 
+import atexit
+import collections
 import contextvars
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -66,6 +70,9 @@ DEFAULT_RESOURCE_DETECTORS = "azure_functions"
 DISTRO_INSTRUMENTATIONS = ("azure_sdk", "django", "fastapi", "flask", "psycopg2", "requests", "urllib", "urllib3",
                            "httpx", "httpx2")
 EXPORTER_LOG_INTERVAL = 60.0  # seconds between exporter error lines (a broken collector fails every batch)
+DEFERRED_INTERVAL = 0.05  # seconds between the metrics thread's passes
+DEFERRED_CHUNK = 4  # measurements recorded between offers of the GIL to the event loop's thread
+DEFERRED_MAX = 100_000  # measurements waiting for it at most; more are dropped (and counted)
 
 _CURRENT: contextvars.ContextVar["_Invocation | None"] = contextvars.ContextVar("completions_invocation",
                                                                                   default=None)
@@ -80,6 +87,11 @@ class OTelTelemetry(Telemetry):
 
     def __init__(self, tracer_provider: Any, meter_provider: Any, *, owned: tuple = ()) -> None:
         self._tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME)
+        # The SDK spends 15-30 us on each measurement (it cleans and hashes the attributes):
+        # the request path only queues it, and a thread of its own records it (_Deferred).
+        self._deferred = _Deferred(self)
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_lock = threading.Lock()
         meter = meter_provider.get_meter(INSTRUMENTATION_NAME)
         self._owned = owned  # providers this object shuts down
         self._propagator = TraceContextTextMapPropagator()
@@ -105,15 +117,16 @@ class OTelTelemetry(Telemetry):
             description="Attempts sent at once to another backend after a failure.")
         self.token_refreshes = meter.create_counter(
             "completions.token.refreshes", unit="{refresh}", description="Managed-identity token requests, by result.")
-        self.active = meter.create_up_down_counter(
-            "completions.active", unit="{request}", description="Completions in progress on this instance.")
+        self.active = meter.create_observable_up_down_counter(
+            "completions.active", callbacks=[self._observe_in_flight], unit="{request}",
+            description="Completions in progress on this instance.")
         self.slot_wait_duration = meter.create_histogram(
             "completions.slot.wait.duration", unit="s",
             description="Time a completion waited for one of the instance's concurrency slots.",
             explicit_bucket_boundaries_advisory=SLOT_BUCKETS)
         self.dropped = meter.create_counter(
-            "completions.telemetry.dropped", unit="{span}",
-            description="Spans dropped by the exporting pipeline (queue full, or the backend refused them).")
+            "completions.telemetry.dropped", unit="{item}",
+            description="Spans or measurements dropped by the pipeline (a full queue, or an export that failed).")
 
     # Functions' trace context ---------------------------------------------------
     def continue_trace(self, context: Any) -> Any:
@@ -133,7 +146,7 @@ class OTelTelemetry(Telemetry):
 
     # the client -------------------------------------------------------------------
     def slot_wait(self, seconds: float, timed_out: bool = False) -> None:
-        self.slot_wait_duration.record(seconds, _OVERLOADED if timed_out else None)
+        self._deferred.put(self.slot_wait_duration.record, seconds, _OVERLOADED if timed_out else None)
 
     def attempt(self, backend: Any, number: int, kind: str) -> Attempt:
         invocation = _CURRENT.get()
@@ -151,9 +164,29 @@ class OTelTelemetry(Telemetry):
         self.token_refreshes.add(1, _REFRESH_OK if error is None else
                                  {"completions.outcome": "failed", "error.type": type(error).__name__})
 
+    def flush(self, timeout_millis: int = 10_000) -> None:
+        """Record what is queued and export everything now (tests, benchmarks, shutdown)."""
+        self._deferred.drain()
+        for provider in self._owned:
+            provider.force_flush(timeout_millis)
+
+    def drain(self) -> None:
+        """Record the queued measurements now (the metrics thread does it every 50 ms)."""
+        self._deferred.drain()
+
     def shutdown(self) -> None:
+        self._deferred.drain()
         for provider in self._owned:
             provider.shutdown()
+
+    def _observe_in_flight(self, options: CallbackOptions) -> Any:
+        with self._in_flight_lock:
+            counts = list(self._in_flight.items())
+        return [Observation(count, {"completions.source": source}) for source, count in counts]
+
+    def _count_in_flight(self, source: str, change: int) -> None:
+        with self._in_flight_lock:
+            self._in_flight[source] = self._in_flight.get(source, 0) + change
 
     def backend_attributes(self, backend: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """(span, metric) attributes of ``backend``, made once per backend."""
@@ -234,7 +267,7 @@ class _Invocation(Invocation):
             attributes=attributes)
         self._context_token = otel_context.attach(trace.set_span_in_context(self._span))
         self._current_token = _CURRENT.set(self)
-        self._telemetry.active.add(1, self._source_attributes)
+        self._telemetry._count_in_flight(self._source, 1)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -244,14 +277,15 @@ class _Invocation(Invocation):
                     getattr(exc_type, "__name__", "_OTHER")
                 if self.attempt is not None:
                     self.attempt.end_with(code)
-                self._telemetry.requests.add(1, {"completions.source": self._source, "completions.code": code})
+                self._telemetry._deferred.put(self._telemetry.requests.add, 1,
+                                              {"completions.source": self._source, "completions.code": code})
                 self._span.set_status(Status(StatusCode.ERROR, code))
                 self._span.set_attribute("error.type", code)
             self._span.end()
         finally:
             _CURRENT.reset(self._current_token)
             otel_context.detach(self._context_token)
-            self._telemetry.active.add(-1, self._source_attributes)
+            self._telemetry._count_in_flight(self._source, -1)
 
     @property
     def trace_id(self) -> str:  # type: ignore[override]
@@ -275,23 +309,25 @@ class _Invocation(Invocation):
         if not isinstance(response_model, str):
             response_model = None
 
-        telemetry.requests.add(1, {"completions.source": self._source, "completions.code": code,
-                                   "completions.status_code": outcome.status})
+        defer = telemetry._deferred.put
+        defer(telemetry.requests.add, 1, {"completions.source": self._source, "completions.code": code,
+                                          "completions.status_code": outcome.status})
         if params:  # a valid request: a gen-AI operation took place (not for 400s of our own)
             attributes = {**common, "completions.source": self._source}
             if response_model:
                 attributes["gen_ai.response.model"] = response_model
             if error is not None:
                 attributes["error.type"] = code
-            telemetry.operation_duration.record(time.perf_counter() - self._started, attributes)
+            defer(telemetry.operation_duration.record, time.perf_counter() - self._started, attributes)
         usage = outcome.body.get("usage") if outcome.ok else None
         if isinstance(usage, dict):
             attributes = {**common, "completions.source": self._source}
             if response_model:
                 attributes["gen_ai.response.model"] = response_model
-            telemetry.token_usage.record(usage.get("prompt_tokens", 0), {**attributes, "gen_ai.token.type": "input"})
-            telemetry.token_usage.record(usage.get("completion_tokens", 0),
-                                         {**attributes, "gen_ai.token.type": "output"})
+            defer(telemetry.token_usage.record, usage.get("prompt_tokens", 0),
+                  {**attributes, "gen_ai.token.type": "input"})
+            defer(telemetry.token_usage.record, usage.get("completion_tokens", 0),
+                  {**attributes, "gen_ai.token.type": "output"})
 
         if not span.is_recording():
             return
@@ -360,10 +396,12 @@ class _Attempt(Attempt):
             event = {"completions.attempt": number, "completions.backend": backend.name, "error.type": reason}
             if kind == "failover":
                 event["completions.failover.from"] = previous.name if previous is not None else ""
-                telemetry.failovers.add(1, {"completions.backend": backend.name, "error.type": reason})
+                telemetry._deferred.put(telemetry.failovers.add, 1,
+                                        {"completions.backend": backend.name, "error.type": reason})
             else:
                 event["completions.retry.wait"] = invocation.waited
-                telemetry.retries.add(1, {"completions.backend": backend.name, "error.type": reason})
+                telemetry._deferred.put(telemetry.retries.add, 1,
+                                        {"completions.backend": backend.name, "error.type": reason})
             invocation._span.add_event(kind, event)
         invocation.waited = 0.0
         invocation.last_backend = backend
@@ -395,9 +433,53 @@ class _Attempt(Attempt):
             self._span.set_status(Status(StatusCode.ERROR, error_type))
         self._span.set_attributes(attributes)
         self._span.end()
-        self._telemetry.attempts.add(1, attributes)
-        self._telemetry.http_duration.record(elapsed, attributes)
+        self._telemetry._deferred.put(self._telemetry.attempts.add, 1, attributes)
+        self._telemetry._deferred.put(self._telemetry.http_duration.record, elapsed, attributes)
         self._invocation.attempt = None
+
+
+class _Deferred:
+    """Measurements queued by the request path and recorded into the SDK by a daemon thread
+    every ``DEFERRED_INTERVAL`` (mostly while the event loop waits on the network). Bounded:
+    past ``DEFERRED_MAX`` waiting, a measurement is dropped and counted."""
+
+    def __init__(self, telemetry: OTelTelemetry) -> None:
+        self._telemetry = telemetry
+        self._queue: collections.deque = collections.deque()
+        self._lost = self._reported_lost = 0
+        self._lock = threading.Lock()  # one drain at a time (the thread, a flush)
+        threading.Thread(target=self._run, name="completions-metrics", daemon=True).start()
+        atexit.register(self.drain)  # before the providers' own exit hooks (registered earlier) export
+
+    def put(self, record: Any, value: float, attributes: Any) -> None:
+        if len(self._queue) >= DEFERRED_MAX:
+            self._lost += 1
+            return
+        self._queue.append((record, value, attributes))
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(DEFERRED_INTERVAL)
+            self.drain()
+
+    def drain(self) -> None:
+        with self._lock:
+            queue = self._queue
+            done = 0
+            while queue:
+                record, value, attributes = queue.popleft()
+                try:
+                    record(value, attributes)
+                except Exception:  # noqa: BLE001 - a measurement must not stop the others
+                    log.debug("a measurement could not be recorded", exc_info=True)
+                done += 1
+                if done % DEFERRED_CHUNK == 0:
+                    time.sleep(0)  # let the event loop's thread take the GIL between chunks
+            lost = self._lost
+            if lost > self._reported_lost:
+                self._telemetry.dropped.add(lost - self._reported_lost,
+                                            {"otel.signal": "metrics", "error.type": "queue_full"})
+                self._reported_lost = lost
 
 
 # -- the pipeline -------------------------------------------------------------------

@@ -106,7 +106,8 @@ class Telemetry:
         return NULL_INVOCATION
 
     def slot_wait(self, seconds: float, timed_out: bool = False) -> None:
-        """Time the invocation waited for one of the instance's concurrency slots."""
+        """Time the invocation waited for one of the instance's concurrency slots (called only
+        when every slot was taken)."""
 
     def attempt(self, backend: Any, number: int, kind: str) -> Attempt:
         """An upstream attempt starts: ``kind`` is ``first``, ``failover`` (another backend at
@@ -118,6 +119,9 @@ class Telemetry:
 
     def token_refresh(self, error: BaseException | None = None) -> None:
         """A token request ended (on the token cache's refresh thread)."""
+
+    def flush(self, timeout_millis: int = 10_000) -> None:
+        """Export what is pending now (tests, benchmarks; never on a request)."""
 
     def shutdown(self) -> None:
         """Flush and stop the exporters (process exit only, never on a request)."""

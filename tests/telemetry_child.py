@@ -100,12 +100,9 @@ def main() -> int:
         durations.append(time.perf_counter() - began)
         statuses.append(response.status_code)
     flushed = None
-    if config.get("flush") and "opentelemetry.sdk" in sys.modules:
-        from opentelemetry import metrics, trace
-
+    if config.get("flush"):
         began = time.perf_counter()
-        trace.get_tracer_provider().force_flush(10_000)
-        metrics.get_meter_provider().force_flush(10_000)
+        function_app.service.telemetry.flush()
         flushed = time.perf_counter() - began
     loop.run_until_complete(function_app.service.aclose())
     loop.close()

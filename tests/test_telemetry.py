@@ -52,6 +52,7 @@ class Recorded:
         return [s for s in self.exporter.get_finished_spans() if s.name.startswith(name_prefix)]
 
     def points(self, name: str) -> list:
+        self.telemetry.drain()  # the measurements the metrics thread has not recorded yet
         data = self.reader.get_metrics_data()
         return [point for rm in (data.resource_metrics if data else []) for sm in rm.scope_metrics
                 for metric in sm.metrics if metric.name == name for point in metric.data.data_points]
@@ -72,6 +73,7 @@ class Recorded:
         for span in self.exporter.get_finished_spans():
             parts += [span.name, json.dumps(dict(span.attributes or {})), str(span.status.description)]
             parts += [f"{e.name} {json.dumps(dict(e.attributes or {}))}" for e in span.events]
+        self.telemetry.drain()
         data = self.reader.get_metrics_data()
         for rm in data.resource_metrics if data else []:
             parts.append(json.dumps(dict(rm.resource.attributes)))
@@ -119,8 +121,16 @@ def test_token_usage_after_n_requests_is_n_times_the_prompt_tokens(recorded):
     assert record.count("gen_ai.client.operation.duration") == 5
     assert record.total("completions.requests", completions__code="ok", completions__source="http") == 5
     assert record.total("completions.upstream.attempts") == 5
-    assert record.count("completions.slot.wait.duration") == 5
-    assert record.total("completions.active") == 0  # in flight: back to zero
+    assert record.count("completions.slot.wait.duration") == 0  # a slot was free for each: no wait recorded
+    assert record.total("completions.active", completions__source="http") == 0  # in flight: back to zero
+
+
+def test_waits_for_a_concurrency_slot_are_recorded(recorded, emulators):
+    record = recorded(AZURE_OPENAI_MAX_CONCURRENCY="1")
+    emulators.openai_control.config(latency_ms=100)
+    assert [r.status for r in post_many([SEED] * 3)] == [200] * 3
+    waits = record.points("completions.slot.wait.duration")
+    assert sum(p.count for p in waits) == 2 and sum(p.sum for p in waits) >= 0.15
 
 
 def test_one_span_per_invocation_with_a_child_per_attempt(recorded):
