@@ -175,7 +175,7 @@ class OTelTelemetry(Telemetry):
         self._deferred.drain()
 
     def shutdown(self) -> None:
-        self._deferred.drain()
+        self._deferred.stop()
         for provider in self._owned:
             provider.shutdown()
 
@@ -448,6 +448,7 @@ class _Deferred:
         self._queue: collections.deque = collections.deque()
         self._lost = self._reported_lost = 0
         self._lock = threading.Lock()  # one drain at a time (the thread, a flush)
+        self._stopped = threading.Event()
         threading.Thread(target=self._run, name="completions-metrics", daemon=True).start()
         atexit.register(self.drain)  # before the providers' own exit hooks (registered earlier) export
 
@@ -458,9 +459,12 @@ class _Deferred:
         self._queue.append((record, value, attributes))
 
     def _run(self) -> None:
-        while True:
-            time.sleep(DEFERRED_INTERVAL)
+        while not self._stopped.wait(DEFERRED_INTERVAL):
             self.drain()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.drain()
 
     def drain(self) -> None:
         with self._lock:
