@@ -20,9 +20,12 @@ import azure.functions as func
 from shared import events
 from shared.service import CompletionService, Outcome, request_id_for
 from shared.settings import QueueNames, max_dequeue_count
+from shared.telemetry import telemetry_from_environ
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-service = CompletionService.from_environ()
+# Metrics and traces when APPLICATIONINSIGHTS_CONNECTION_STRING or OTEL_EXPORTER_OTLP_ENDPOINT is set
+# (README, "Observability"); otherwise a no-op, and no OpenTelemetry module is imported.
+service = CompletionService.from_environ(telemetry=telemetry_from_environ())
 queues = QueueNames.from_environ(os.environ)  # binding metadata: read when the host indexes the app
 recent_results = events.RecentResults()
 MAX_DEQUEUE_COUNT = max_dequeue_count()  # host.json: the delivery after which the host gives a message up
@@ -37,10 +40,11 @@ def _http_response(outcome: Outcome, request_id: str) -> func.HttpResponse:
 
 
 @app.route(route="completions", methods=["POST"])
-async def completions(req: func.HttpRequest) -> func.HttpResponse:
+async def completions(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
     """POST /api/completions: a completion from the configured deployment."""
     request_id = request_id_for(req.headers.get("x-request-id"))
-    return _http_response(await service.complete(req.get_body(), request_id), request_id)
+    with service.telemetry.continue_trace(context):  # the worker passes context: its trace_context
+        return _http_response(await service.complete(req.get_body(), request_id), request_id)
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -52,13 +56,15 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.queue_trigger(arg_name="msg", queue_name=queues.requests, connection=STORAGE)
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
-async def completion_from_queue(msg: func.QueueMessage, result: func.Out[str]) -> None:
+async def completion_from_queue(msg: func.QueueMessage, result: func.Out[str],
+                                context: func.Context = None) -> None:
     """A request message on the request queue; its answer goes to the results queue.
     Raises on transient failures so the host redelivers the message."""
     logging.info("queue message id=%r dequeue_count=%s", msg.id, msg.dequeue_count)
-    result.set(await events.handle_request(service, recent_results, msg.get_body(),
-                                           fallback_id=msg.id or uuid.uuid4().hex, source="queue",
-                                           last_delivery=(msg.dequeue_count or 0) >= MAX_DEQUEUE_COUNT))
+    with service.telemetry.continue_trace(context):
+        result.set(await events.handle_request(service, recent_results, msg.get_body(),
+                                               fallback_id=msg.id or uuid.uuid4().hex, source="queue",
+                                               last_delivery=(msg.dequeue_count or 0) >= MAX_DEQUEUE_COUNT))
 
 
 @app.queue_trigger(arg_name="msg", queue_name=queues.poison, connection=STORAGE)
@@ -71,14 +77,17 @@ async def completion_poisoned(msg: func.QueueMessage, result: func.Out[str]) -> 
 
 @app.event_grid_trigger(arg_name="event")
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
-async def completion_from_event_grid(event: func.EventGridEvent, result: func.Out[str]) -> None:
+async def completion_from_event_grid(event: func.EventGridEvent, result: func.Out[str],
+                                     context: func.Context = None) -> None:
     """A custom Event Grid event whose ``data`` is a request; its answer goes to the results queue.
     (The worker passes a ``func.CloudEvent`` instead when the subscription delivers CloudEvents 1.0:
     its type is ``type``, not ``event_type``.)"""
     event_type = event.type if isinstance(event, func.CloudEvent) else event.event_type
     logging.info("event grid event id=%r type=%r subject=%r", event.id, event_type, event.subject)
-    result.set(await events.handle_request(service, recent_results, event.get_json(), fallback_id=event.id,
-                                           source="eventgrid"))
+    with service.telemetry.continue_trace(context):
+        result.set(await events.handle_request(service, recent_results, event.get_json(), fallback_id=event.id,
+                                               source="eventgrid"))
+
 
 # Everything imported so far lives as long as the process: move it out of the garbage
 # collector's sight, so that a full collection (which stops every invocation on the event

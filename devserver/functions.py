@@ -69,7 +69,8 @@ class Function:
         for binding in self.bindings:
             if binding is not self.trigger and str(binding.get("direction", "")).upper() == "IN":
                 return f"{binding.get('type')} input bindings are not served by the dev host (use `func start`)"
-        provided = {b["name"] for b in self.bindings if b.get("name") != "$return"}
+        # The worker passes an optional ``context`` (func.Context) when the function declares it.
+        provided = {b["name"] for b in self.bindings if b.get("name") != "$return"} | {"context"}
         extra = [p for p in inspect.signature(self.user_function).parameters if p not in provided]
         if extra:
             return f"needs parameters the dev host does not provide: {', '.join(extra)}"

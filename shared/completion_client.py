@@ -30,6 +30,7 @@ from .backends import DEFAULT_COOLDOWN, BackendPool, BackendSettings, FailureKin
 from .errors import AppError
 from .retry import SYSTEM_CLOCK, Clock, Deadline, RetryPolicy, retry_after_seconds
 from .settings import RetrySettings
+from .telemetry import NOOP, Telemetry
 from .upstream_http import Exchange, UpstreamHttp, bad_response
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class CompletionClient:
     def __init__(self, backends: Sequence[BackendSettings], retry: RetrySettings,
                  tokens: Mapping[tuple, TokenCache], *, http: UpstreamHttp | None = None,
                  pool: BackendPool | None = None, policy: RetryPolicy | None = None, clock: Clock = SYSTEM_CLOCK,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, telemetry: Telemetry = NOOP) -> None:
         self._targets = {}
         for backend in backends:
             if (backend.identity is None) == (backend.identity in tokens):
@@ -103,6 +104,7 @@ class CompletionClient:
                                           max_response_bytes=retry.max_response_bytes)
         self._slots = _PerLoop(retry.max_concurrency)
         self._failures: dict[str, AppError] = {}  # each backend's last failure (what cooled it)
+        self._telemetry = telemetry
 
     @property
     def http(self) -> UpstreamHttp:
@@ -112,11 +114,14 @@ class CompletionClient:
         """The upstream's JSON response; AppError when it fails for good or time runs out."""
         slots = self._slots.get()
         if slots.locked():  # every slot taken: wait for one within the deadline
+            waiting = time.perf_counter()
             try:
                 async with asyncio.timeout(deadline.remaining()):
                     await slots.acquire()
             except TimeoutError:
+                self._telemetry.slot_wait(time.perf_counter() - waiting, timed_out=True)
                 raise _overloaded() from None
+            self._telemetry.slot_wait(time.perf_counter() - waiting)
         else:
             await slots.acquire()  # returns at once
         try:
@@ -147,6 +152,7 @@ class CompletionClient:
                     raise _given_up(last or self._pool_answer(recovery), recovery, attempts, upstream_seconds)
                 rounds += 1
                 tried.clear()
+                self._telemetry.retry_wait(wait, last.code if last else None)
                 if wait > 0:
                     log.info("request_id=%s: no Azure OpenAI backend ready (last: %s); retrying in %.2f s",
                              request_id, last.code if last else "-", wait)
@@ -154,6 +160,8 @@ class CompletionClient:
                 continue
             if deadline.remaining() < self._policy.min_attempt:
                 raise _given_up(last or _no_time(), None, attempts, upstream_seconds)
+            attempt = self._telemetry.attempt(backend, attempts + 1,
+                                              "failover" if tried else "retry" if attempts else "first")
             if tried:
                 failovers += 1
             tried.add(backend.name)
@@ -163,6 +171,7 @@ class CompletionClient:
                 response, exchange = await self._attempt(self._targets[backend.name], params, deadline,
                                                          request_id)
             except AppError as error:
+                attempt.end(error)
                 upstream_seconds += time.perf_counter() - started
                 error.attempts, error.upstream_ms = attempts, upstream_seconds * 1000
                 kind = _pool_failure(error)
@@ -190,6 +199,7 @@ class CompletionClient:
                          backend.name, error.code, error.upstream_status or "-")
                 last = error
                 continue
+            attempt.end(None, exchange.status)
             upstream_seconds += time.perf_counter() - started
             self.pool.record_success(backend, exchange.headers)
             return UpstreamResult(response, attempts, upstream_seconds * 1000, exchange.headers, backend, failovers)

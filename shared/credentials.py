@@ -12,6 +12,7 @@ from typing import Any, Callable, Protocol
 from .errors import credential_unavailable
 from .retry import SYSTEM_CLOCK, Clock, Deadline
 from .settings import RetrySettings
+from .telemetry import NOOP, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ class TokenCache:
 
     def __init__(self, credential: Callable[[], TokenCredentialLike], scope: str, *,
                  refresh_margin: float = REFRESH_MARGIN_SECONDS, retry_interval: float = RETRY_INTERVAL_SECONDS,
-                 failure_backoff: tuple[float, float] = FAILURE_BACKOFF_SECONDS, clock: Clock = SYSTEM_CLOCK) -> None:
+                 failure_backoff: tuple[float, float] = FAILURE_BACKOFF_SECONDS, clock: Clock = SYSTEM_CLOCK,
+                 telemetry: Telemetry = NOOP) -> None:
         """``credential`` makes the credential; it is called by the first refresh (and after failures)."""
         self._make_credential = credential
         self._credential: TokenCredentialLike | None = None
@@ -116,6 +118,7 @@ class TokenCache:
         self._failed_until = 0.0  # with no usable token: fail fast before this
         self._failure_retryable = True
         self.refreshes = 0  # token requests started
+        self._telemetry = telemetry
 
     async def get(self, deadline: Deadline) -> str:
         token = self._token
@@ -174,6 +177,7 @@ class TokenCache:
             self._refresh = None
             self._failures = 0
             self._failed_until = 0.0
+        self._telemetry.token_refresh()
         future.set_result(token)
 
     def _check(self, token: AccessTokenLike) -> None:
@@ -193,6 +197,7 @@ class TokenCache:
             self._failure_retryable = not isinstance(exc, CredentialConfigurationError)
             self._next_refresh_at = now + self._retry_interval
             previous = self._token
+        self._telemetry.token_refresh(exc)
         left = (previous.expires_on - now) if previous is not None else 0
         if left > EXPIRY_SKEW_SECONDS:
             log.warning("token refresh failed (%s); keeping the cached token, valid for %d s more",

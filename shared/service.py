@@ -24,6 +24,7 @@ from .errors import AppError, internal_error, not_configured
 from .retry import SYSTEM_CLOCK, Clock, Deadline
 from .settings import (FRONT_END_LIMIT_SECONDS, Limits, RetrySettings, Settings, SettingsError,
                        function_timeout_seconds, load_settings)
+from .telemetry import NOOP, Telemetry
 from .upstream_http import UpstreamHttp
 from .validation import parse_json_body, validate_completion_request
 
@@ -66,8 +67,10 @@ class CompletionService:
     the background, refreshed on a sentinel key; ``shared/appconfig.py``) over them."""
 
     def __init__(self, settings: Settings | None, client: CompletionClient | None,
-                 problems: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK) -> None:
+                 problems: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK,
+                 telemetry: Telemetry = NOOP) -> None:
         self._clock = clock
+        self.telemetry = telemetry  # metrics and traces (shared.telemetry): NOOP unless a switch is set
         self._pipeline = Pipeline(settings, client, dict(problems or {}), clock.time())
         self._source: AppConfigSource | None = None
         self._app_settings: Mapping[str, str] = {}
@@ -78,13 +81,14 @@ class CompletionService:
         return self._pipeline.settings
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> "CompletionService":
+    def from_settings(cls, settings: Settings, *, clock: Clock = SYSTEM_CLOCK,
+                      telemetry: Telemetry = NOOP) -> "CompletionService":
         _configure_logging(settings)
-        return cls(settings, _client_for(settings, clock, None), clock=clock)
+        return cls(settings, _client_for(settings, clock, telemetry, None), clock=clock, telemetry=telemetry)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, *,
-                     clock: Clock = SYSTEM_CLOCK) -> "CompletionService":
+                     clock: Clock = SYSTEM_CLOCK, telemetry: Telemetry = NOOP) -> "CompletionService":
         """The service for this process's settings; unconfigured (answering 503) when they are
         invalid. With a store configured (``AZURE_APPCONFIG_ENDPOINT`` or ``_CONNECTION_STRING``)
         the first load starts in the background and this returns at once: indexing never
@@ -93,11 +97,11 @@ class CompletionService:
         try:
             bootstrap = AppConfigBootstrap.from_environ(env)
             if bootstrap is None:
-                return cls.from_settings(load_settings(env), clock=clock)
+                return cls.from_settings(load_settings(env), clock=clock, telemetry=telemetry)
         except SettingsError as exc:
             log.error("the app is not configured: %s", exc)  # names and reasons only, never values
-            return cls(None, None, exc.problems, clock=clock)
-        service = cls(None, None, {bootstrap.store_setting: "loading"}, clock=clock)
+            return cls(None, None, exc.problems, clock=clock, telemetry=telemetry)
+        service = cls(None, None, {bootstrap.store_setting: "loading"}, clock=clock, telemetry=telemetry)
         service._app_settings = env
         service._source = AppConfigSource(bootstrap, apply=service._apply_store_values, clock=clock.monotonic,
                                           wall_clock=clock.time)
@@ -111,7 +115,7 @@ class CompletionService:
 
     def _install(self, settings: Settings) -> None:
         previous = self._pipeline
-        client = _client_for(settings, self._clock, previous)
+        client = _client_for(settings, self._clock, self.telemetry, previous)
         old = previous.client
         if old is not None and client.http is not old.http:
             drained_at = self._clock.monotonic() + (previous.settings.retry.deadline if previous.settings else 0)
@@ -131,6 +135,10 @@ class CompletionService:
     # -- requests ------------------------------------------------------------
     async def complete(self, request: bytes | Any, request_id: str, *, source: str = "http") -> Outcome:
         """Run one completion. ``request`` is the raw body, or an already-decoded JSON document."""
+        with self.telemetry.invocation(source, self._pipeline.settings, request_id) as call:  # its span, its metrics
+            return await self._complete(request, request_id, source, call)
+
+    async def _complete(self, request: bytes | Any, request_id: str, source: str, call: Any) -> Outcome:
         started = time.perf_counter()
         began = self._clock.monotonic()
         result: UpstreamResult | None = None
@@ -152,7 +160,8 @@ class CompletionService:
             log.exception("completion request_id=%s failed unexpectedly", request_id)
             error = internal_error()
             outcome = Outcome(error.status, error.body(request_id), error.headers(), error)
-        self._log(outcome, result, params, request_id, source, started, settings)
+        call.finish(outcome, result, params)
+        self._log(outcome, result, params, request_id, source, started, settings, call.trace_id)
         return outcome
 
     async def _current(self) -> Pipeline:
@@ -204,19 +213,19 @@ class CompletionService:
                              "configuration": configuration})
 
     def _log(self, outcome: Outcome, result: UpstreamResult | None, params: dict[str, Any],
-             request_id: str, source: str, started: float, settings: Settings | None) -> None:
+             request_id: str, source: str, started: float, settings: Settings | None, trace_id: str = "") -> None:
         error = outcome.error
         usage = outcome.body.get("usage", {}) if outcome.ok else {}
         attempts = result.attempts if result else (error.attempts if error else 0)
         upstream_ms = result.upstream_ms if result else (error.upstream_ms if error else None)
         log.info(
             "completion request_id=%s source=%s backend=%s deployment=%s status=%d code=%s attempts=%d failovers=%s "
-            "upstream_ms=%s prompt_tokens=%s completion_tokens=%s total_tokens=%s duration_ms=%.1f",
+            "upstream_ms=%s prompt_tokens=%s completion_tokens=%s total_tokens=%s duration_ms=%.1f%s",
             request_id, source, result.backend.name if result else "-", result.backend.deployment if result else "-",
             outcome.status, error.code if error else "ok", attempts, result.failovers if result else "-",
             f"{upstream_ms:.1f}" if upstream_ms is not None else "-",
             usage.get("prompt_tokens", "-"), usage.get("completion_tokens", "-"), usage.get("total_tokens", "-"),
-            (time.perf_counter() - started) * 1000)
+            (time.perf_counter() - started) * 1000, f" trace_id={trace_id}" if trace_id else "")
         if settings is not None and settings.log_text and params:
             log.info("completion text request_id=%s prompt=%r completions=%r", request_id, params.get("prompt"),
                      [choice["text"] for choice in outcome.body.get("choices", [])])
@@ -239,7 +248,7 @@ def _configure_logging(settings: Settings) -> None:
         quiet_identity_loggers(settings.log_text)
 
 
-def _client_for(settings: Settings, clock: Clock, previous: Pipeline | None) -> CompletionClient:
+def _client_for(settings: Settings, clock: Clock, telemetry: Telemetry, previous: Pipeline | None) -> CompletionClient:
     """The client for ``settings``, keeping what still applies from the previous pipeline's:
     the same backends and limits keep the whole client (pool state, tokens, connections);
     otherwise token caches survive per identity, the pool's state when the backends are the
@@ -257,12 +266,12 @@ def _client_for(settings: Settings, clock: Clock, previous: Pipeline | None) -> 
             auth, client_id, scope = identity
             tokens[identity] = (old.tokens.get(identity) if old is not None else None) or TokenCache(
                 lambda auth=auth, client_id=client_id: build_credential(auth, client_id, settings.retry),
-                scope, clock=clock)
+                scope, clock=clock, telemetry=telemetry)
     same_backends = before is not None and before.backends == settings.backends
     same_transport = before is not None and {b.endpoint for b in before.backends} == {
         b.endpoint for b in settings.backends} and (before.retry.max_connections, before.retry.max_response_bytes) \
         == (settings.retry.max_connections, settings.retry.max_response_bytes)
-    return CompletionClient(settings.backends, settings.retry, tokens, clock=clock,
+    return CompletionClient(settings.backends, settings.retry, tokens, clock=clock, telemetry=telemetry,
                             pool=old.pool if old is not None and same_backends else None,
                             http=old.http if old is not None and same_transport else None)
 

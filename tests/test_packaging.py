@@ -90,6 +90,9 @@ def test_runtime_requirements_are_pinned():
         "aiohttp", "azure-functions", "azure-identity", "openai", "requests",
         # settings from App Configuration (shared/appconfig.py): the provider, the client whose
         # wire behaviour it relies on, and Key Vault for references
-        "azure-appconfiguration-provider", "azure-appconfiguration", "azure-keyvault-secrets"}
+        "azure-appconfiguration-provider", "azure-appconfiguration", "azure-keyvault-secrets",
+        # telemetry, imported only when a switch is set (shared/telemetry.py)
+        "azure-monitor-opentelemetry", "opentelemetry-api", "opentelemetry-sdk",
+        "opentelemetry-exporter-otlp-proto-http"}
     assert all("==" in line for line in lines)
     assert "openai==0.28.1" in lines

@@ -1,0 +1,217 @@
+"""Telemetry switches, and the no-op telemetry every component holds when they are off.
+
+The app emits OpenTelemetry metrics and traces only when one of the standard
+switches is set:
+
+- ``APPLICATIONINSIGHTS_CONNECTION_STRING`` → Azure Monitor's distro
+  (``configure_azure_monitor``) sends them to Application Insights;
+- ``OTEL_EXPORTER_OTLP_ENDPOINT`` → the OTLP/HTTP exporter sends them to any
+  OTLP backend (with both set, to both).
+
+With neither, this module is all that loads: no OpenTelemetry SDK, API or
+exporter is imported (cold start unchanged), and every hook is a method that
+does nothing. With a switch, ``shared.otel`` (the real implementation) is
+imported once, at ``telemetry_from_environ()``. A malformed setting is logged
+once, by name (never its value: headers and connection strings hold keys), and
+telemetry stays off; nothing here raises into indexing or a request.
+
+The components call the hooks below at a few named points: the service around
+each invocation (``invocation``), the client at each upstream attempt, slot wait
+and retry round (``attempt``, ``slot_wait``, ``retry_wait``), the token cache at
+each refresh (``token_refresh``), and function_app around each trigger
+(``continue_trace``: the Functions host's trace context).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+# The worker configures Azure Monitor itself when this is true (see README, "Observability").
+WORKER_TELEMETRY = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
+SUPPORTED_OTLP_PROTOCOLS = ("http/protobuf",)
+
+# OTEL_EXPORTER_OTLP_HEADERS: "name=value,name=value" (W3C baggage form; values URL-encoded
+# or plain). The SDK logs a malformed entry *with its value* (which can be an API key), so
+# the whole setting is checked here first and refused by name.
+_HEADER_ENTRY = re.compile(r"[ \t]*[!#-'*+\-.0-9A-Z^-z|~]+[ \t]*=[ \t]*[ !#-+\--:<-\[\]-~]*[ \t]*")
+
+
+class TelemetrySettingError(Exception):
+    """A telemetry setting the SDK would refuse; the message names it, never its value."""
+
+
+class Attempt:
+    """One upstream attempt, as the client reports it (no-op)."""
+
+    __slots__ = ()
+
+    def end(self, error: Any = None, status: int | None = None) -> None:
+        """The attempt ended: with ``error`` (an AppError) or, when None, a success."""
+
+
+class Invocation:
+    """One invocation of the completion pipeline, as the service reports it (no-op)."""
+
+    __slots__ = ()
+    trace_id = ""  # the W3C trace id (32 hex digits) for the log line; empty when telemetry is off
+
+    def __enter__(self) -> "Invocation":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def finish(self, outcome: Any, result: Any, params: Mapping[str, Any]) -> None:
+        """The invocation's outcome (``service.Outcome``), its ``UpstreamResult`` (None on
+        failure) and its validated parameters (empty when validation failed)."""
+
+
+class _NullContext:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+NULL_ATTEMPT = Attempt()
+NULL_INVOCATION = Invocation()
+_NULL_CONTEXT = _NullContext()
+
+
+class Telemetry:
+    """The hooks the app calls. This base class is the no-op used when telemetry is off:
+    each hook costs one method call. ``shared.otel.OTelTelemetry`` implements them."""
+
+    enabled = False
+
+    def continue_trace(self, context: Any) -> Any:
+        """A context manager under which work continues the trace of ``context``, the
+        invocation's ``func.Context`` (its ``trace_context.trace_parent``); None: no parent."""
+        return _NULL_CONTEXT
+
+    def invocation(self, source: str, settings: Any, request_id: str | None = None) -> Invocation:
+        """A context manager around one invocation from ``source`` (http, queue, eventgrid);
+        ``settings`` are the service's (None when it is not configured)."""
+        return NULL_INVOCATION
+
+    def slot_wait(self, seconds: float, timed_out: bool = False) -> None:
+        """Time the invocation waited for one of the instance's concurrency slots (called only
+        when every slot was taken)."""
+
+    def attempt(self, backend: Any, number: int, kind: str) -> Attempt:
+        """An upstream attempt starts: ``kind`` is ``first``, ``failover`` (another backend at
+        once after a failure) or ``retry`` (after a wait for recovery, or a refused token)."""
+        return NULL_ATTEMPT
+
+    def retry_wait(self, seconds: float, reason: str | None) -> None:
+        """No backend is ready: the invocation waits ``seconds`` for the next round."""
+
+    def token_refresh(self, error: BaseException | None = None) -> None:
+        """A token request ended (on the token cache's refresh thread)."""
+
+    def flush(self, timeout_millis: int = 10_000) -> None:
+        """Export what is pending now (tests, benchmarks; never on a request)."""
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters (process exit only, never on a request)."""
+
+
+NOOP = Telemetry()
+
+
+def switches(environ: Mapping[str, str]) -> tuple[bool, bool]:
+    """(Application Insights, OTLP): which exporters the settings ask for."""
+    return bool((environ.get(CONNECTION_STRING) or "").strip()), bool((environ.get(OTLP_ENDPOINT) or "").strip())
+
+
+def settings_problems(environ: Mapping[str, str]) -> dict[str, str]:
+    """Setting name -> what is wrong with it (never its value), for the settings this
+    module reads before handing them to the SDK."""
+    problems: dict[str, str] = {}
+    _, otlp = switches(environ)
+    if otlp:
+        for name in (OTLP_ENDPOINT, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
+            value = (environ.get(name) or "").strip()
+            if value and not _is_http_url(value):
+                problems[name] = "must be an http:// or https:// URL"
+        for name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                     "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"):
+            value = (environ.get(name) or "").strip()
+            if value and value not in SUPPORTED_OTLP_PROTOCOLS:
+                problems[name] = f"must be one of {', '.join(SUPPORTED_OTLP_PROTOCOLS)} (the exporter this app ships)"
+        for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                     "OTEL_EXPORTER_OTLP_METRICS_HEADERS"):
+            value = environ.get(name) or ""
+            if value.strip() and not all(_HEADER_ENTRY.fullmatch(entry) for entry in re.split(r"[ \t]*,[ \t]*", value)
+                                         if entry):
+                problems[name] = "must be a comma-separated list of name=value"
+        for name in ("OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                     "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"):
+            if not _positive_number(environ.get(name)):
+                problems[name] = "must be a positive number"
+    for name in ("OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT", "OTEL_BSP_SCHEDULE_DELAY",
+                 "OTEL_BSP_EXPORT_TIMEOUT"):
+        if not _positive_number(environ.get(name)):
+            problems[name] = "must be a positive number (milliseconds)"
+    for name in ("OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"):
+        if not _positive_number(environ.get(name), integer=True):
+            problems[name] = "must be a positive integer"
+    if not problems:  # the SDK raises when a batch is larger than the queue (defaults 512 and 2048)
+        queue = int((environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or "").strip() or 2048)
+        batch = int((environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") or "").strip() or 512)
+        if batch > queue:
+            problems["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = "must not exceed OTEL_BSP_MAX_QUEUE_SIZE (default 512, 2048)"
+    return problems
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _positive_number(raw: str | None, *, integer: bool = False) -> bool:
+    if raw is None or not raw.strip():
+        return True  # unset: the SDK's default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        return False
+    return 0 < value < float("inf")
+
+
+def telemetry_from_environ(environ: Mapping[str, str] | None = None) -> Telemetry:
+    """The process's telemetry, configured from its settings: ``NOOP`` when no switch is
+    set or a setting is malformed (logged once, by name), else the OpenTelemetry pipeline,
+    installed as the global providers. Call once per process (function_app does, at import)."""
+    environ = os.environ if environ is None else environ
+    insights, otlp = switches(environ)
+    if not (insights or otlp):
+        return NOOP
+    problems = settings_problems(environ)
+    if problems:
+        log.error("telemetry is off: %s", "; ".join(f"{name} {reason}" for name, reason in sorted(problems.items())))
+        return NOOP
+    try:
+        from . import otel  # the SDK, the exporters (and, for Application Insights, the distro) load here
+
+        return otel.configure(environ)
+    except TelemetrySettingError as exc:
+        log.error("telemetry is off: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - telemetry never breaks indexing; the type says enough
+        log.error("telemetry is off: configuring it failed (%s)", type(exc).__name__)
+    return NOOP
