@@ -252,7 +252,7 @@ def in_flight(seconds: float) -> list[Row]:
     return rows
 
 
-# -- 11. the backend pool ----------------------------------------------------------------------
+# -- 10. the backend pool ----------------------------------------------------------------------
 def pool_rows(seconds: float, window: float, per_window: int) -> list[Row]:
     """Three deployments with request quotas (the same limits per shorter window, so a run
     reaches its sustained state in seconds): the app's pool against the seed guide's one
@@ -280,7 +280,7 @@ def pool_rows(seconds: float, window: float, per_window: int) -> list[Row]:
             base_429 = base["statuses"].get("429", 0) / max(1, base["ok"] + base["failed"])
             below = share < 1
             rows.append(Row(
-                11, f"Backend pool: 3 deployments with request quotas, offered {share:.0%} of their sum "
+                10, f"Backend pool: 3 deployments with request quotas, offered {share:.0%} of their sum "
                     f"({rate:.0f} req/s for {seconds:g} s): served ÷ the sum of the quotas; caller-visible 429s",
                 "≥ 0.85 and no 429" if below else "≥ 0.90 (reported 429s: the excess)",
                 f"{fmt(served, 3)}; {caller_429} caller-visible 429 of {app['ok'] + app['failed']} "
@@ -309,7 +309,7 @@ def throttled_backend(calls: int) -> Row:
                                 settings={"AZURE_OPENAI_BACKENDS": json.dumps(backends)})
             medians[label], success[label] = result["median_ms"], result["ok"] / (result["ok"] + result["failed"])
     added = medians["both"] - medians["alone"]
-    return Row(11, f"Backend pool: one of two backends throttled for the whole run ({calls} sequential calls): "
+    return Row(10, f"Backend pool: one of two backends throttled for the whole run ({calls} sequential calls): "
                    "success, and median latency added over a pool of the healthy backend alone",
                "100 % and ≤ 1 ms", f"{success['both']:.1%} served; +{added:.2f} ms (median {medians['both']:.2f} ms)",
                f"healthy backend alone: median {medians['alone']:.2f} ms", success["both"] == 1 and added <= 1)
@@ -457,9 +457,15 @@ def main(argv: list[str] | None = None) -> int:
     rows += throughput(seconds=4 * scale if args.quick else 4)
     print("9: in-flight capacity ...", flush=True)
     rows += in_flight(seconds=2 if args.quick else 6)
-    print("11: the backend pool ...", flush=True)
+    print("10: the backend pool ...", flush=True)
     rows += pool_rows(seconds=10 if args.quick else 30, window=5 if args.quick else 10, per_window=50)
     rows.append(throttled_backend(calls=100 if args.quick else 500))
+    print("11 + 12: telemetry ...", flush=True)
+    from benchmarks.telemetry import telemetry_cold_start, telemetry_overhead
+
+    rows.append(telemetry_overhead(calls=800 if args.quick else 4000, rounds=8 if args.quick else 40))
+    rows.append(telemetry_overhead(calls=200 if args.quick else 1000, rounds=4 if args.quick else 20, latency_ms=20))
+    rows += telemetry_cold_start(repeats=2 if args.quick else 7)
     print("6: the dev host over HTTP ...", flush=True)
     rows += dev_host(seconds=5 if not args.quick else 2)
     print("7: cold start ...", flush=True)

@@ -4,8 +4,8 @@ Imported only when a telemetry switch is set (``shared.telemetry``). What it emi
 (README, "Observability", lists every name):
 
 - Metrics, gen-AI semantic conventions: ``gen_ai.client.token.usage`` and
-  ``gen_ai.client.operation.duration``; HTTP: ``http.client.request.duration`` per
-  upstream attempt; the app's own ``completions.*`` counters and histograms.
+  ``gen_ai.client.operation.duration``; the app's own ``completions.*`` counters and
+  histograms (an upstream attempt's status and duration are its span's).
 - Traces: one span per invocation, ``text_completion {deployment}`` (kind CLIENT,
   a child of the Functions invocation's trace context), one child span per upstream
   attempt (``POST /openai/deployments/{deployment-id}/completions``), events
@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Counter, Observation
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -41,6 +41,7 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -58,7 +59,6 @@ ATTEMPT_SPAN_NAME = f"POST {URL_TEMPLATE}"
 # The gen-AI conventions' advised bucket boundaries.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
-HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 30, 60)
 SLOT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 # Resource detectors that read environment variables only: the distro's default adds
 # azure_vm, which asks the instance metadata service (169.254.169.254) at start-up off
@@ -71,7 +71,7 @@ DISTRO_INSTRUMENTATIONS = ("azure_sdk", "django", "fastapi", "flask", "psycopg2"
                            "httpx", "httpx2")
 EXPORTER_LOG_INTERVAL = 60.0  # seconds between exporter error lines (a broken collector fails every batch)
 DEFERRED_INTERVAL = 0.05  # seconds between the metrics thread's passes
-DEFERRED_CHUNK = 4  # measurements recorded between offers of the GIL to the event loop's thread
+DEFERRED_CHUNK = 32  # measurements recorded between offers of the GIL to the event loop's thread (~0.8 ms)
 DEFERRED_MAX = 100_000  # measurements waiting for it at most; more are dropped (and counted)
 
 _CURRENT: contextvars.ContextVar["_Invocation | None"] = contextvars.ContextVar("completions_invocation",
@@ -102,9 +102,6 @@ class OTelTelemetry(Telemetry):
         self.operation_duration = meter.create_histogram(
             "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self.http_duration = meter.create_histogram(
-            "http.client.request.duration", unit="s", description="Duration of HTTP client requests.",
-            explicit_bucket_boundaries_advisory=HTTP_BUCKETS)
         self.requests = meter.create_counter(
             "completions.requests", unit="{request}", description="Completions answered, by outcome code and source.")
         self.attempts = meter.create_counter(
@@ -406,9 +403,12 @@ class _Attempt(Attempt):
         invocation.waited = 0.0
         invocation.last_backend = backend
         invocation.attempt = self
-        self._span = telemetry._tracer.start_span(
-            ATTEMPT_SPAN_NAME, kind=SpanKind.CLIENT,
-            attributes={**span_attributes, "completions.attempt": number, "completions.attempt.kind": kind})
+        if invocation._span.is_recording():
+            self._span = telemetry._tracer.start_span(
+                ATTEMPT_SPAN_NAME, kind=SpanKind.CLIENT,
+                attributes={**span_attributes, "completions.attempt": number, "completions.attempt.kind": kind})
+        else:  # an unsampled invocation's children are unsampled too (parent-based): skip building them
+            self._span = trace.INVALID_SPAN
         self._started = time.perf_counter()
 
     def end(self, error: Any = None, status: int | None = None) -> None:
@@ -434,7 +434,7 @@ class _Attempt(Attempt):
         self._span.set_attributes(attributes)
         self._span.end()
         self._telemetry._deferred.put(self._telemetry.attempts.add, 1, attributes)
-        self._telemetry._deferred.put(self._telemetry.http_duration.record, elapsed, attributes)
+        self._span.set_attribute("completions.attempt.duration", elapsed)
         self._invocation.attempt = None
 
 
@@ -470,20 +470,43 @@ class _Deferred:
         with self._lock:
             queue = self._queue
             done = 0
+            # Counters are summed per attribute set first: one SDK call per set and pass, rather
+            # than one per request (histograms need every value, so they go one by one).
+            sums: dict[tuple, list] = {}
             while queue:
                 record, value, attributes = queue.popleft()
-                try:
-                    record(value, attributes)
-                except Exception:  # noqa: BLE001 - a measurement must not stop the others
-                    log.debug("a measurement could not be recorded", exc_info=True)
+                owner = getattr(record, "__self__", None)
+                if isinstance(owner, Counter):
+                    try:
+                        key = (owner, frozenset(attributes.items()))
+                    except TypeError:  # an unhashable attribute value: recorded as it is
+                        key = None
+                    if key is not None:
+                        entry = sums.get(key)
+                        if entry is None:
+                            sums[key] = [value, attributes]
+                        else:
+                            entry[0] += value
+                        continue
+                self._record(record, value, attributes)
                 done += 1
                 if done % DEFERRED_CHUNK == 0:
                     time.sleep(0)  # let the event loop's thread take the GIL between chunks
+            for (owner, _), (value, attributes) in sums.items():
+                self._record(owner.add, value, attributes)
             lost = self._lost
-            if lost > self._reported_lost:
+            if lost > self._reported_lost:  # (a counter the drain itself feeds: recorded directly)
                 self._telemetry.dropped.add(lost - self._reported_lost,
                                             {"otel.signal": "metrics", "error.type": "queue_full"})
                 self._reported_lost = lost
+
+
+    @staticmethod
+    def _record(record: Any, value: float, attributes: Any) -> None:
+        try:
+            record(value, attributes)
+        except Exception:  # noqa: BLE001 - a measurement must not stop the others
+            log.debug("a measurement could not be recorded", exc_info=True)
 
 
 # -- the pipeline -------------------------------------------------------------------
@@ -513,6 +536,61 @@ class _CountingBatchSpanProcessor(BatchSpanProcessor):
         super().on_end(span)
 
 
+RATE_LIMITED = "microsoft.rate_limited"  # Azure Monitor's name for it; the distro implements its own
+DEFAULT_TRACES_PER_SECOND = 5.0  # as Azure Monitor's rate-limited sampler
+
+
+class RateLimitedSampler(Sampler):
+    """At most ``per_second`` new traces a second (a token bucket holding one second's worth).
+
+    Recording and exporting a span costs the process about 0.14 ms of CPU twice over (the
+    SDK's span, then its pure-Python OTLP encoding): at hundreds of completions a second
+    that is a large share of an instance's CPU, spent describing requests that all look
+    alike. Metrics count every request whatever is sampled."""
+
+    def __init__(self, per_second: float) -> None:
+        self._rate = per_second
+        self._tokens = per_second
+        self._last = time.monotonic()
+        self._lock = threading.Lock()  # held for a few arithmetic operations
+
+    def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None, attributes: Any = None,
+                      links: Any = None, trace_state: Any = None) -> SamplingResult:
+        now = time.monotonic()
+        with self._lock:
+            self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            sampled = self._tokens >= 1
+            if sampled:
+                self._tokens -= 1
+        if not sampled:
+            return SamplingResult(Decision.DROP, None, trace_state)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+
+    def get_description(self) -> str:
+        return f"RateLimitedSampler{{{self._rate:g}/s}}"
+
+
+def _sampler(environ: Mapping[str, str]) -> Sampler | None:
+    """Parent-based, at most 5 new traces a second, unless ``OTEL_TRACES_SAMPLER`` says
+    otherwise (None: the SDK reads the standard names itself). ``microsoft.rate_limited``
+    with ``OTEL_TRACES_SAMPLER_ARG`` (traces a second) works for OTLP as for Azure Monitor."""
+    name = (environ.get("OTEL_TRACES_SAMPLER") or "").strip()
+    if name and name != RATE_LIMITED:
+        return None
+    per_second = DEFAULT_TRACES_PER_SECOND
+    if name == RATE_LIMITED and (environ.get("OTEL_TRACES_SAMPLER_ARG") or "").strip():
+        try:
+            per_second = float(environ["OTEL_TRACES_SAMPLER_ARG"])
+            if not (per_second >= 0 and per_second == per_second):
+                raise ValueError
+        except ValueError:
+            log.warning("OTEL_TRACES_SAMPLER_ARG must be a number of traces a second; using %g",
+                        DEFAULT_TRACES_PER_SECOND)
+            per_second = DEFAULT_TRACES_PER_SECOND
+    return ParentBased(root=RateLimitedSampler(per_second))
+
+
 def configure(environ: Mapping[str, str]) -> OTelTelemetry:
     """Build the pipeline the switches ask for and install it as the global providers.
     The SDK and the exporters read their own ``OTEL_*`` settings from the environment."""
@@ -529,6 +607,9 @@ def configure(environ: Mapping[str, str]) -> OTelTelemetry:
     if insights:
         _check_connection_string(environ.get(CONNECTION_STRING, ""))
     os.environ.setdefault("OTEL_EXPERIMENTAL_RESOURCE_DETECTORS", DEFAULT_RESOURCE_DETECTORS)
+    # Exemplars (a trace id kept with some measurements) cost a third of each measurement's time,
+    # and with traces rate-limited they would seldom point at a recorded trace: off unless asked for.
+    os.environ.setdefault("OTEL_METRICS_EXEMPLAR_FILTER", "always_off")
     resource = _resource()
     processors, exporters = [], []
     readers = []
@@ -543,6 +624,8 @@ def configure(environ: Mapping[str, str]) -> OTelTelemetry:
         # The host already sends the worker's log records to Application Insights: the
         # distro's log pipeline would send each one twice. (It reads this setting only.)
         os.environ.setdefault("OTEL_LOGS_EXPORTER", "none")
+        # The same default sampling as for OTLP (the distro's own: every trace), in its own terms.
+        os.environ.setdefault("OTEL_TRACES_SAMPLER", RATE_LIMITED)
         configure_azure_monitor(
             connection_string=environ.get(CONNECTION_STRING, "").strip(), resource=resource,
             span_processors=processors, metric_readers=readers,
@@ -551,7 +634,7 @@ def configure(environ: Mapping[str, str]) -> OTelTelemetry:
         tracer_provider, meter_provider = trace.get_tracer_provider(), metrics.get_meter_provider()
         what = "Application Insights" + (" and OTLP" if otlp else "")
     else:
-        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider = TracerProvider(resource=resource, sampler=_sampler(environ))
         for processor in processors:
             tracer_provider.add_span_processor(processor)
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)

@@ -552,3 +552,70 @@ def test_a_broken_collector_costs_requests_nothing(emulators, mode):
     assert elapsed < 30, elapsed  # exit: at most OTEL_EXPORTER_OTLP_TIMEOUT per pending export
     if mode == "stall":
         assert receiver.stalled >= 1
+
+
+# -- sampling ------------------------------------------------------------------------------------
+class SampledRecorded(Recorded):
+    """As Recorded, with the sampler the app configures for these settings."""
+
+    def __init__(self, environ: dict[str, str]) -> None:
+        from shared.otel import _sampler
+
+        self.exporter = InMemorySpanExporter()
+        tracer_provider = TracerProvider(sampler=_sampler(environ))
+        tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        meter_provider = MeterProvider(metric_readers=[self.reader])
+        self.telemetry = OTelTelemetry(tracer_provider, meter_provider, owned=(tracer_provider, meter_provider))
+
+
+@pytest.mark.parametrize(("environ", "expected"), [({}, "few"), ({"OTEL_TRACES_SAMPLER": "always_on"}, "all"),
+                                                   ({"OTEL_TRACES_SAMPLER": "microsoft.rate_limited",
+                                                     "OTEL_TRACES_SAMPLER_ARG": "2"}, "fewer")])
+def test_traces_are_rate_limited_by_default_and_metrics_count_everything(configure_app, monkeypatch, environ,
+                                                                         expected):
+    """By default at most 5 new traces a second are recorded (spans cost CPU; requests alike
+    need not each be traced); OTEL_TRACES_SAMPLER overrides it. Metrics count every request."""
+    import function_app
+
+    for name in ("OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)  # (always_on: read by the SDK itself)
+    recorded = SampledRecorded(environ)
+    service = configure_app()
+    monkeypatch.setattr(function_app, "service", CompletionService.from_settings(service.settings,
+                                                                                  telemetry=recorded.telemetry))
+    assert {r.status for r in post_many([SEED] * 40)} == {200}
+    invocations = len(recorded.spans("text_completion"))
+    assert {"few": 1 <= invocations <= 7, "fewer": 1 <= invocations <= 3, "all": invocations == 40}[expected], \
+        invocations
+    assert recorded.count("gen_ai.client.operation.duration") == 40
+    LOOP.run(function_app.service.aclose())
+
+
+def test_a_sampled_parent_is_always_recorded(configure_app, monkeypatch):
+    """Parent-based: when the Functions host's trace context says sampled, the invocation is traced
+    whatever the rate (so a trace the host records is never missing its middle)."""
+    from app_client import completions_request
+
+    import function_app
+
+    recorded = SampledRecorded({})
+    service = configure_app()
+    monkeypatch.setattr(function_app, "service", CompletionService.from_settings(service.settings,
+                                                                                  telemetry=recorded.telemetry))
+
+    class Context:
+        class trace_context:  # noqa: N801 - the shape func.Context has
+            trace_parent, trace_state = TRACEPARENT, ""
+
+    user_function = function_app.completions.build().get_user_function()
+
+    async def burst() -> None:
+        for _ in range(20):
+            await user_function(completions_request(SEED), context=Context())
+
+    LOOP.run(burst())
+    assert len(recorded.spans("text_completion")) == 20
+    LOOP.run(function_app.service.aclose())
