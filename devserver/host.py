@@ -253,7 +253,7 @@ class DevHost:
             await self.service.close()
         self.invoker.close()
 
-    def banner(self, emulators: Emulators | None) -> str:
+    def banner(self, emulators: Emulators | None, appconfig=None) -> str:
         base = self.server.base_url
         lines = ["", "Functions:", ""]
         for route in self.http.routes:
@@ -291,11 +291,35 @@ class DevHost:
                       "* local identity endpoint. Set AZURE_OPENAI_ENDPOINT to use Azure OpenAI.",
                       f"* Emulator: {emulators.openai.endpoint} (control API: {emulators.openai.base_url}/_emulator/)",
                       stars]
+        if appconfig is not None:
+            lines += ["", stars,
+                      f"* Settings from the local App Configuration stand-in: {appconfig.endpoint}",
+                      "* (prefix completions:, sentinel completions:sentinel, checked every "
+                      f"{os.environ.get('AZURE_APPCONFIG_REFRESH_SECONDS', '30')} s).",
+                      f"* Change one live: POST {appconfig.endpoint}/_emulator/settings",
+                      "*   [{\"key\": \"completions:COMPLETIONS_MAX_TOKENS\", \"value\": \"64\"},",
+                      "*    {\"key\": \"completions:sentinel\", \"value\": \"2\"}]   (curl -k, or --cacert "
+                      f"{appconfig.ca_file})", stars]
         lines += ["", f"Dev host listening on {base} (Ctrl-C to stop)"]
         return "\n".join(lines)
 
 
-async def serve(devhost: DevHost, emulators: Emulators | None) -> None:
+def start_appconfig(seed: Path, emulators: Emulators | None, environ=os.environ):
+    """The App Configuration and Key Vault stand-ins, seeded from ``seed``, and the bootstrap
+    settings that point the app at them (over HTTPS with a local CA; the emulators' identity
+    when they run, else the store's connection string). Refreshed every 5 s unless
+    AZURE_APPCONFIG_REFRESH_SECONDS says otherwise, so a change shows quickly."""
+    from .appconfig_emulator import AppConfigStandIns
+
+    standins = AppConfigStandIns.start(seed, identity=emulators.identity if emulators is not None else None)
+    auth = "managed_identity" if emulators is not None else "connection_string"
+    for name, value in standins.app_settings(auth).items():
+        environ[name] = value
+    environ.setdefault("AZURE_APPCONFIG_REFRESH_SECONDS", "5")
+    return standins
+
+
+async def serve(devhost: DevHost, emulators: Emulators | None, appconfig=None) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -307,7 +331,7 @@ async def serve(devhost: DevHost, emulators: Emulators | None) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C included: stop cleanly, whenever it comes
         loop.add_signal_handler(signum, on_signal)
     await devhost.start()
-    print(devhost.banner(emulators), flush=True)
+    print(devhost.banner(emulators, appconfig), flush=True)
     await stopping.wait()
     await devhost.stop()
     # The app's own client sessions stay open to the end, as in the worker, whose process
@@ -335,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a connection may wait before sending a request (or its body)")
     parser.add_argument("--emulator-latency-ms", type=int, default=0,
                         help="latency of the embedded Azure OpenAI emulator")
+    parser.add_argument("--appconfig", type=Path, default=None, metavar="FILE.json",
+                        help="take settings from a local Azure App Configuration (and Key Vault) stand-in seeded "
+                             "from FILE.json, refreshed live (e.g. devserver/appconfig.example.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -350,13 +377,14 @@ def main(argv: list[str] | None = None) -> int:
     if not endpoint_configured(os.environ):
         emulators = Emulators.start(latency_ms=args.emulator_latency_ms)
         point_at_emulators(emulators)
+    appconfig = start_appconfig(args.appconfig, emulators) if args.appconfig else None
     storage = prepare_storage(os.environ, enabled=not args.no_storage)
     try:
         sys.path.insert(0, str(args.app_dir.resolve()))
         app = importlib.import_module("function_app").app
         devhost = DevHost(index(app.get_functions()), config, storage, FunctionKeys(args.function_key),
                           args.host, args.port, max_connections, args.idle_timeout)
-        asyncio.run(serve(devhost, emulators))
+        asyncio.run(serve(devhost, emulators, appconfig))
     except OSError as error:  # the port is taken, most likely
         print(f"The dev host cannot listen on {args.host}:{args.port}: {error.strerror or error}"
               " (another `make run` or `func start`? `make run ARGS=\"--port 8080\"` picks another port)",
@@ -364,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         storage.stop()
+        if appconfig is not None:
+            appconfig.stop()
         if emulators is not None:
             emulators.stop()
     print("Dev host stopped.", flush=True)

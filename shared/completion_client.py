@@ -48,6 +48,16 @@ class UpstreamResult(NamedTuple):
     failovers: int  # attempts that went to another backend at once after a failure
 
 
+class PlainCompletion(openai.Completion):
+    """openai's Completion answering with the JSON as parsed (dicts and lists), through the
+    library's own ``plain_old_data`` switch, rather than as nested ``OpenAIObject``s: the app
+    reads each response once, to check and reshape it, and the conversion (about 15 objects
+    for an answer with content-filter annotations) was a fifth of the client's CPU per
+    completion."""
+
+    plain_old_data = True
+
+
 class _PerLoop:
     """One concurrency semaphore per event loop (asyncio primitives belong to one loop;
     the Functions worker runs one, so this is one per process)."""
@@ -242,7 +252,7 @@ class CompletionClient:
         with self._http.exchange() as exchange:
             try:
                 async with asyncio.timeout(total):
-                    response = await openai.Completion.acreate(
+                    response = await PlainCompletion.acreate(
                         **target.per_call, api_key=api_key, **params, request_id=request_id,
                         request_timeout=(connect, total),
                         # openai retries HTTP 409 in a loop until `timeout` seconds have

@@ -12,6 +12,7 @@ import base64
 import datetime
 import itertools
 import json
+import re
 import os
 import socket
 import sys
@@ -123,6 +124,29 @@ def test_configured_endpoint_is_used_instead_of_the_emulator(running_emulators, 
                              timeout=10).status_code == 200  # the environment's 7, not the file's 5
         assert requests.post(host.url + "/api/completions", json={"prompt": "x", "max_tokens": 8},
                              timeout=10).status_code == 400
+    finally:
+        assert host.stop() == 0
+
+
+def test_appconfig_flag_serves_settings_from_the_stand_in_and_refreshes_them_live():
+    """make run ARGS="--appconfig devserver/appconfig.example.json": the store's settings apply,
+    and a change made through the stand-in's control API applies without a restart."""
+    host = DevHostProcess("--appconfig", str(ROOT / "devserver" / "appconfig.example.json"), "--no-storage",
+                          env={"AZURE_APPCONFIG_REFRESH_SECONDS": "1"})
+    try:
+        store = re.search(r"App Configuration stand-in: (https://\S+)", host.text).group(1)
+        ca_file = re.search(r"--cacert (\S+)\)", host.text).group(1)
+        too_many = {"prompt": "x", "max_tokens": 300}  # the example store's limit is 256
+        assert requests.post(host.url + "/api/completions", json=too_many, timeout=30).status_code == 400
+        health = requests.get(host.url + "/api/health", timeout=10).json()
+        assert health["configuration"]["source"] == "app_configuration"
+        requests.post(store + "/_emulator/settings", verify=ca_file, timeout=10, json=[
+            {"key": "completions:COMPLETIONS_MAX_TOKENS", "value": "512"},
+            {"key": "completions:sentinel", "value": "2"}]).raise_for_status()
+        give_up = time.monotonic() + 20
+        while requests.post(host.url + "/api/completions", json=too_many, timeout=30).status_code != 200:
+            assert time.monotonic() < give_up, "the change never applied"
+            time.sleep(0.3)
     finally:
         assert host.stop() == 0
 
