@@ -311,7 +311,7 @@ def throttled_backend(calls: int) -> Row:
     added = medians["both"] - medians["alone"]
     return Row(10, f"Backend pool: one of two backends throttled for the whole run ({calls} sequential calls): "
                    "success, and median latency added over a pool of the healthy backend alone",
-               "100 % and ≤ 1 ms", f"{success['both']:.1%} served; +{added:.2f} ms (median {medians['both']:.2f} ms)",
+               "100 % and ≤ 1 ms", f"{success['both']:.1%} served; {added:+.2f} ms (median {medians['both']:.2f} ms)",
                f"healthy backend alone: median {medians['alone']:.2f} ms", success["both"] == 1 and added <= 1)
 
 

@@ -431,10 +431,9 @@ class _Attempt(Attempt):
         if error_type is not None:
             attributes["error.type"] = error_type
             self._span.set_status(Status(StatusCode.ERROR, error_type))
-        self._span.set_attributes(attributes)
+        self._span.set_attributes({**attributes, "completions.attempt.duration": elapsed})
         self._span.end()
         self._telemetry._deferred.put(self._telemetry.attempts.add, 1, attributes)
-        self._span.set_attribute("completions.attempt.duration", elapsed)
         self._invocation.attempt = None
 
 

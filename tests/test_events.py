@@ -121,7 +121,7 @@ def test_unconfigured_app_answers_failed_not_configured(configure_app):
 
 
 @pytest.mark.parametrize("fault", [{"status": 503}, {"status": 429, "retry_after": 1}, {"status": 500},
-                                   {"drop": True}])
+                                   {"drop": True}, {"status": 409}, {"status": 408}])
 def test_transient_failure_raises_so_the_host_redelivers(configure_app, emulators, fault):
     configure_app(AZURE_OPENAI_MAX_RETRIES="0")
     inject(emulators, fault)

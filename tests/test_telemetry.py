@@ -149,6 +149,7 @@ def test_one_span_per_invocation_with_a_child_per_attempt(recorded):
     assert attempt.attributes["http.response.status_code"] == 200
     assert attempt.attributes["completions.backend"] == "default"
     assert attempt.attributes["server.address"] == "127.0.0.1"
+    assert 0 < attempt.attributes["completions.attempt.duration"] < 10  # seconds, set before the span ended
     assert invocation.status.status_code.name == "UNSET"
 
 
