@@ -81,6 +81,25 @@ def start_worker(side: str, scenario: str, emulator: Emulator, stdin: bool = Fal
                             stdin=subprocess.PIPE if stdin else None)
 
 
+def take_turns(workers: dict[str, subprocess.Popen], calls: int, rounds: int) -> dict[str, list[int]]:
+    """Sequential per-request durations (ns) from interactive workers (each line asks for that
+    many calls), the sides taking turns in ``rounds`` blocks in alternating order, so that the
+    machine's drift over the run falls on both alike. Closes the workers' input when done."""
+    durations: dict[str, list[int]] = {side: [] for side in workers}
+    sides = list(workers)
+    try:
+        for number in range(rounds):
+            for side in (sides if number % 2 == 0 else sides[::-1]):
+                workers[side].stdin.write(f"{calls // rounds}\n")
+                workers[side].stdin.flush()
+                durations[side] += json.loads(workers[side].stdout.readline())
+    finally:
+        for worker in workers.values():
+            worker.stdin.close()
+            worker.wait(timeout=60)
+    return durations
+
+
 def finish(worker: subprocess.Popen, timeout: float = 300) -> dict:
     out, _ = worker.communicate(timeout=timeout)
     if worker.returncode != 0:
@@ -111,23 +130,12 @@ def fmt(value: float, digits: int = 2) -> str:
 def overhead(calls: int, rounds: int = 20) -> Row:
     """Both sides warm in their own processes, taking turns in small blocks so that the
     machine's drift over the run falls on both alike."""
-    durations: dict[str, list[int]] = {"app": [], "baseline": []}
     with Emulator() as emulator:
         workers = {side: start_worker(side, "sequential", emulator, warmup=200, stdin=True)
                    for side in ("app", "baseline")}
-        try:
-            for worker in workers.values():
-                json.loads(worker.stdout.readline())  # ready
-            for number in range(rounds):
-                order = ("app", "baseline") if number % 2 == 0 else ("baseline", "app")
-                for side in order:
-                    workers[side].stdin.write(f"{calls // rounds}\n")
-                    workers[side].stdin.flush()
-                    durations[side] += json.loads(workers[side].stdout.readline())
-        finally:
-            for worker in workers.values():
-                worker.stdin.close()
-                worker.wait(timeout=30)
+        for worker in workers.values():
+            json.loads(worker.stdout.readline())  # ready
+        durations = take_turns(workers, calls, rounds)
     med = {s: statistics.median(d) for s, d in durations.items()}
     p99 = {s: statistics.quantiles(d, n=100)[98] for s, d in durations.items()}
     ratio_med, ratio_p99 = med["app"] / med["baseline"], p99["app"] / p99["baseline"]

@@ -24,7 +24,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from benchmarks.run import Row, fmt
+from benchmarks.run import Row, fmt, take_turns
 from devserver.emulators import EmulatorProcess
 from devserver.otlp_receiver import OTLPReceiver
 
@@ -85,26 +85,17 @@ def _start(env: dict[str, str], warmup: int) -> tuple[subprocess.Popen, dict]:
 
 def telemetry_overhead(calls: int = 4000, rounds: int = 40, latency_ms: int = 0, number: int = 11) -> Row:
     """Per-request time, telemetry on ÷ off. "On" exports metrics (every second, instead of
-    the default minute, so export work falls inside the measurement) and every span over
-    OTLP/HTTP to a receiver on loopback that decodes them (as a collector would)."""
-    durations: dict[str, list[int]] = {"on": [], "off": []}
+    the default minute, so export work falls inside the measurement) and the sampled spans
+    (the default sampling) over OTLP/HTTP to a receiver on loopback that decodes them (as a
+    collector would)."""
     with EmulatorProcess("--latency-ms", str(latency_ms)) as emulator, OTLPReceiver() as receiver:
         envs = {"off": _env(emulator),
                 "on": _env(emulator, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_METRIC_EXPORT_INTERVAL="1000")}
         workers = {}
-        try:
-            for side, env in envs.items():
-                workers[side], ready = _start(env, warmup=300)
-                assert ready["telemetry"] == ("OTelTelemetry" if side == "on" else "Telemetry"), ready
-            for block in range(rounds):
-                for side in (("on", "off") if block % 2 == 0 else ("off", "on")):
-                    workers[side].stdin.write(f"{calls // rounds}\n")
-                    workers[side].stdin.flush()
-                    durations[side] += json.loads(workers[side].stdout.readline())
-        finally:
-            for worker in workers.values():
-                worker.stdin.close()
-                worker.wait(timeout=60)
+        for side, env in envs.items():
+            workers[side], ready = _start(env, warmup=300)
+            assert ready["telemetry"] == ("OTelTelemetry" if side == "on" else "Telemetry"), ready
+        durations = take_turns(workers, calls, rounds)
         spans = len(receiver.received.spans)
     med = {s: statistics.median(d) for s, d in durations.items()}
     p99 = {s: statistics.quantiles(d, n=100)[98] for s, d in durations.items()}

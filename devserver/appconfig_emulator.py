@@ -354,19 +354,15 @@ class AppConfigHandler(ControlHandler):
     def _data_plane(self) -> None:
         state = self.state
         state.count("requests")
-        fault = state.faults.pop()
-        if fault is not None:
-            if fault.drop:
-                state.count("status:dropped")
-                return self.drop_connection()
-            if not state.sleeper.sleep(fault.delay_ms / 1000):
-                return self.drop_connection()
-            if fault.status is not None:
-                headers = {"Retry-After": str(int(fault.retry_after))} if fault.retry_after is not None else {}
-                if fault.retry_after_ms is not None:
-                    headers["retry-after-ms"] = str(fault.retry_after_ms)
-                return self._answer(fault.status, _problem(fault.status, "injected", "Injected failure",
-                                                           "An injected failure."), headers)
+        fault, over = self.take_fault("status:dropped")
+        if over:
+            return
+        if fault is not None and fault.status is not None:
+            headers = {"Retry-After": str(int(fault.retry_after))} if fault.retry_after is not None else {}
+            if fault.retry_after_ms is not None:
+                headers["retry-after-ms"] = str(fault.retry_after_ms)
+            return self._answer(fault.status, _problem(fault.status, "injected", "Injected failure",
+                                                       "An injected failure."), headers)
         if state.outage == "drop":
             state.count("status:dropped")
             return self.drop_connection()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from .faults import FaultQueue, Sleeper
+from .faults import Fault, FaultQueue, Sleeper
 from .httpserver import Handler
 
 
@@ -26,9 +26,28 @@ class EmulatorState(Protocol):
 
     def reset(self) -> None: ...
 
+    def count(self, what: str) -> None: ...
+
 
 class ControlHandler(Handler):
     state: EmulatorState
+
+    def take_fault(self, dropped: str = "dropped") -> tuple[Fault | None, bool]:
+        """The next injected fault, with its ``drop`` and ``delay_ms`` applied (counted as
+        ``dropped`` when it drops): ``(fault, True)`` when the request is over (the connection
+        was dropped, or a reset interrupted the delay), else ``(fault or None, False)`` for the
+        caller to answer, with the fault's status if it has one."""
+        fault = self.state.faults.pop()
+        if fault is None:
+            return None, False
+        if fault.drop:
+            self.state.count(dropped)
+            self.drop_connection()
+            return fault, True
+        if not self.state.sleeper.sleep(fault.delay_ms / 1000):
+            self.drop_connection()
+            return fault, True
+        return fault, False
 
     def is_control(self) -> bool:
         return self.url().path.startswith("/_emulator/")

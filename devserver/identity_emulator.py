@@ -106,13 +106,10 @@ class IdentityHandler(ControlHandler):
 
     def _token(self, query: dict[str, list[str]]) -> None:
         state = self.state
-        fault = state.faults.pop()
+        fault, over = self.take_fault()
+        if over:
+            return
         if fault is not None:
-            if fault.drop:
-                state.count("dropped")
-                return self.drop_connection()
-            if not state.sleeper.sleep(fault.delay_ms / 1000):
-                return self.drop_connection()
             if fault.status is not None or fault.raw is not None:
                 status = fault.status or 200
                 state.count(status)

@@ -163,15 +163,11 @@ class KeyVaultHandler(ControlHandler):
     def _secret(self) -> None:
         state = self.state
         state.count("requests")
-        fault = state.faults.pop()
-        if fault is not None:
-            if fault.drop:
-                state.count("status:dropped")
-                return self.drop_connection()
-            if not state.sleeper.sleep(fault.delay_ms / 1000):
-                return self.drop_connection()
-            if fault.status is not None:
-                return self._answer(fault.status, _kv_error("Injected", "Injected failure."))
+        fault, over = self.take_fault("status:dropped")
+        if over:
+            return
+        if fault is not None and fault.status is not None:
+            return self._answer(fault.status, _kv_error("Injected", "Injected failure."))
         if state.outage == "drop":
             state.count("status:dropped")
             return self.drop_connection()

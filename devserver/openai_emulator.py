@@ -334,8 +334,8 @@ class OpenAIHandler(ControlHandler):
         except ValueError:
             self.close_connection = True
             return self._reply(400, _error("BadRequest", "Invalid request body framing."))
-        fault = self.state.faults.pop()
-        if fault is not None and self._serve_fault(fault, query):
+        fault, over = self.take_fault()
+        if over or (fault is not None and self._serve_fault(fault, query)):
             return
 
         auth_error = self._authenticate()
@@ -391,14 +391,8 @@ class OpenAIHandler(ControlHandler):
         self._reply(200, response)
 
     def _serve_fault(self, fault: Fault, query: dict) -> bool:
-        """Apply an injected fault; False when the request should then be answered normally."""
-        if fault.drop:
-            self.state.count("dropped")
-            self.drop_connection()
-            return True
-        if not self.state.sleeper.sleep(fault.delay_ms / 1000):
-            self.drop_connection()
-            return True
+        """Answer with an injected fault (its drop and delay already applied); False when the
+        request should then be answered normally."""
         if fault.drip_ms:
             self.drip = (fault.drip_ms / 1000, self.state.sleeper.sleep)
         headers: dict[str, str] = dict(fault.headers)

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-import function_app
-from app_client import LOOP, SEED, SETTING_NAMES, get_health, post_completions
+from app_client import SEED, get_health, post_completions
 from devserver.appconfig_emulator import AppConfigStandIns
 from shared.service import CompletionService
 
@@ -42,31 +41,17 @@ def store(running_emulators):
 
 
 @pytest.fixture
-def app_with_store(store, emulators, monkeypatch, clock):
+def app_with_store(store, configure_app):
     """``app_with_store(**app_settings)``: the app configured from app settings that point at the
     store (managed identity), as the Functions host would; the service installed in function_app."""
     store.bring_up()
     store.reset()
-    made = []
 
     def configure(refresh_seconds: float = 5, **settings: str | None) -> CompletionService:
-        for name in SETTING_NAMES:
-            monkeypatch.delenv(name, raising=False)
-        values = {**emulators.app_settings(auth="managed_identity"), "AZURE_OPENAI_DEPLOYMENT": "gpt-35-turbo-instruct",
-                  **store.app_settings("managed_identity", refresh_seconds=float(refresh_seconds)), **settings}
-        for name, value in values.items():
-            if value is None:
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, value)
-        service = CompletionService.from_environ(clock=clock)
-        made.append(service)
-        monkeypatch.setattr(function_app, "service", service)
-        return service
+        return configure_app(**{**store.app_settings("managed_identity", refresh_seconds=float(refresh_seconds)),
+                                **settings})
 
     yield configure
-    for service in made:
-        LOOP.run(service.aclose())
     store.bring_up()
 
 
