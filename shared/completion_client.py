@@ -184,6 +184,8 @@ class CompletionClient:
                 attempt.end(error)
                 upstream_seconds += time.perf_counter() - started
                 error.attempts, error.upstream_ms = attempts, upstream_seconds * 1000
+                if error.deadline_exhausted:  # the caller's time ran out: nothing to hold against the backend
+                    raise _final(error) from None
                 kind = _pool_failure(error)
                 if kind is None:  # the caller's own error: the backend answered, and no other would differ
                     if error.upstream_status is not None:
@@ -249,6 +251,7 @@ class CompletionClient:
             raise _no_time()
         total = min(self._retry.read_timeout, remaining)
         connect = min(self._retry.connect_timeout, total)
+        cut_by_deadline = remaining < self._retry.read_timeout  # this attempt gets less than its full time
         with self._http.exchange() as exchange:
             try:
                 async with asyncio.timeout(total):
@@ -263,6 +266,8 @@ class CompletionClient:
                 error = upstream_failure(exc, exchange)
                 if error.upstream_status == 401 and target.tokens is not None:
                     target.tokens.invalidate(api_key)
+                if cut_by_deadline and error.code == "upstream_timeout" and error.upstream_status is None:
+                    error.deadline_exhausted = True  # no answer in the time the caller had left, not the full time
                 raise error from None
         check_completion(response)
         return response, exchange
@@ -288,8 +293,10 @@ def _pool_failure(error: AppError) -> FailureKind | None:
 
 
 def _no_time() -> AppError:
-    return AppError(504, "upstream_timeout", "No time was left to call Azure OpenAI within the deadline.",
-                    retryable=True)
+    error = AppError(504, "upstream_timeout", "No time was left to call Azure OpenAI within the deadline.",
+                     retryable=True)
+    error.deadline_exhausted = True
+    return error
 
 
 def _given_up(last: AppError | None, recovery: Recovery | None, attempts: int, upstream_seconds: float) -> AppError:

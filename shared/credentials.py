@@ -136,7 +136,11 @@ class TokenCache:
             return (await asyncio.wait_for(asyncio.wrap_future(refresh), deadline.remaining())).token
         except CredentialConfigurationError:
             raise credential_unavailable(retryable=False) from None
-        except Exception:  # noqa: BLE001 - timed out, or failed (the refresh thread logged why)
+        except TimeoutError:  # the caller's deadline, not the endpoint's answer: the refresh goes on
+            error = credential_unavailable(retry_after=self._retry_after(self._clock.time()))
+            error.deadline_exhausted = True
+            raise error from None
+        except Exception:  # noqa: BLE001 - failed (the refresh thread logged why)
             raise credential_unavailable(retry_after=self._retry_after(self._clock.time())) from None
 
     def invalidate(self, token: str) -> None:

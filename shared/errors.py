@@ -33,6 +33,9 @@ class AppError(Exception):
         self.upstream_ms: float | None = None
         self.upstream_status: int | None = None  # the HTTP status upstream answered, when it did
         self.upstream_headers: Mapping[str, str] | None = None  # and its headers
+        # The caller's deadline ran out (an attempt cut short, no time for one, a token wait
+        # given up): it says nothing about the backend, which must not be cooled for it.
+        self.deadline_exhausted = False
 
     def body(self, request_id: str) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}

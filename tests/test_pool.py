@@ -211,3 +211,17 @@ def test_queue_and_event_grid_use_the_pool(pool, regions):
     assert from_queue(message({"id": "q", **SEED}))["result"]["backend"] == "west"
     assert from_event_grid(event({"id": "e", **SEED}))["result"]["backend"] == "west"
     assert Counter(served(regions)) == Counter({"east": 1, "west": 2, "north": 0})
+
+
+def test_a_caller_out_of_time_does_not_cool_a_healthy_backend(pool, regions):
+    """An attempt cut short by the caller's own deadline says nothing about the backend: it
+    must not cool it (or every caller would then be turned away without a call)."""
+    for name in ("east", "west"):
+        regions[name].openai_control.config(latency_ms=1000)
+    pool({"name": "east"}, {"name": "west"}, AZURE_OPENAI_MAX_CONCURRENCY="2", AZURE_OPENAI_DEADLINE="1.6")
+    replies = post_many([SEED] * 4)  # two take the slots; two wait for one and get too little time
+    assert sorted(r.status for r in replies) == [200, 200, 504, 504], [r.body for r in replies]
+    assert {entry["state"] for entry in get_health().body["backends"]} == {"ready"}
+    for name in ("east", "west"):
+        regions[name].openai_control.config(latency_ms=0)
+    assert post_completions(SEED).status == 200  # served at once, not "no backend ready"
