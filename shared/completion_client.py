@@ -122,6 +122,8 @@ class CompletionClient:
 
     async def complete(self, params: dict[str, Any], deadline: Deadline, request_id: str) -> UpstreamResult:
         """The upstream's JSON response; AppError when it fails for good or time runs out."""
+        if deadline.remaining() < self._policy.min_attempt:  # spent before it got here (e.g. waiting for settings)
+            raise _no_time()
         slots = self._slots.get()
         if slots.locked():  # every slot taken: wait for one within the deadline
             waiting = time.perf_counter()

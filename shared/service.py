@@ -22,8 +22,7 @@ from .appconfig import AppConfigBootstrap, AppConfigSource
 from .completion_client import CompletionClient, UpstreamResult
 from .errors import AppError, internal_error, not_configured
 from .retry import SYSTEM_CLOCK, Clock, Deadline
-from .settings import (FRONT_END_LIMIT_SECONDS, Limits, RetrySettings, Settings, SettingsError,
-                       function_timeout_seconds, load_settings)
+from .settings import Limits, RetrySettings, Settings, SettingsError, invocation_deadline, load_settings
 from .telemetry import NOOP, Telemetry
 from .upstream_http import UpstreamHttp
 from .validation import parse_json_body, validate_completion_request
@@ -74,6 +73,7 @@ class CompletionService:
         self._pipeline = Pipeline(settings, client, dict(problems or {}), clock.time())
         self._source: AppConfigSource | None = None
         self._app_settings: Mapping[str, str] = {}
+        self._first_load_wait = RetrySettings.deadline  # how long a request may wait for the store's first load
         self._retired: list[tuple[float, UpstreamHttp]] = []  # replaced transports, closed once drained
 
     @property
@@ -103,6 +103,7 @@ class CompletionService:
             return cls(None, None, exc.problems, clock=clock, telemetry=telemetry)
         service = cls(None, None, {bootstrap.store_setting: "loading"}, clock=clock, telemetry=telemetry)
         service._app_settings = env
+        service._first_load_wait = invocation_deadline(env)
         service._source = AppConfigSource(bootstrap, apply=service._apply_store_values, clock=clock.monotonic,
                                           wall_clock=clock.time)
         service._source.start()
@@ -145,7 +146,7 @@ class CompletionService:
         params: dict[str, Any] = {}
         settings: Settings | None = None
         try:
-            pipeline = await self._current()
+            pipeline = await self._current(began)
             settings = pipeline.settings
             assert settings is not None and pipeline.client is not None
             # (a wait for the store's first load counts against the deadline)
@@ -164,15 +165,17 @@ class CompletionService:
         self._log(outcome, result, params, request_id, source, started, settings, call.trace_id)
         return outcome
 
-    async def _current(self) -> Pipeline:
+    async def _current(self, began: float) -> Pipeline:
         """The pipeline for a new invocation. While the store's first load is in progress, wait
-        for it (up to the default deadline); once a load attempt has failed, 503 at once."""
+        for it within the invocation's deadline (AZURE_OPENAI_DEADLINE from the app settings:
+        the rest are not known yet); once a load attempt has failed, 503 at once."""
         source = self._source
         if source is not None:
             source.maybe_refresh()  # never blocks: at most every AZURE_APPCONFIG_REFRESH_SECONDS, a background check
             if self._pipeline.settings is None and source.state().status == "loading":
+                left = self._first_load_wait - (self._clock.monotonic() - began)
                 try:
-                    await asyncio.wait_for(asyncio.wrap_future(source.first_attempt), default_deadline())
+                    await asyncio.wait_for(asyncio.wrap_future(source.first_attempt), max(0.0, left))
                 except TimeoutError:
                     pass
         if self._retired:
@@ -274,12 +277,6 @@ def _client_for(settings: Settings, clock: Clock, telemetry: Telemetry, previous
     return CompletionClient(settings.backends, settings.retry, tokens, clock=clock, telemetry=telemetry,
                             pool=old.pool if old is not None and same_backends else None,
                             http=old.http if old is not None and same_transport else None)
-
-
-def default_deadline() -> float:
-    """The deadline an invocation gets before any settings are known (waiting for the store)."""
-    return RetrySettings.deadline if (cap := function_timeout_seconds()) is None else \
-        min(RetrySettings.deadline, 0.9 * min(cap, FRONT_END_LIMIT_SECONDS))
 
 
 def _iso(epoch: float) -> str:

@@ -229,6 +229,29 @@ def _endpoint(read: _Reader, required: bool) -> str:
     return endpoint.rstrip("/")
 
 
+def _deadline(read: _Reader, function_timeout: Callable[[], float | None]) -> float:
+    """AZURE_OPENAI_DEADLINE: under Azure's 230 s HTTP cut-off and host.json's functionTimeout;
+    by default 120 s, or less to leave a tenth of the cap for everything around the call."""
+    cap = FRONT_END_LIMIT_SECONDS
+    host_timeout = function_timeout()
+    if host_timeout is not None:
+        cap = min(cap, host_timeout)
+    deadline = read.number("AZURE_OPENAI_DEADLINE", min(RetrySettings.deadline, 0.9 * cap), low=0.5)
+    if deadline >= cap and "AZURE_OPENAI_DEADLINE" not in read.problems:
+        where = "host.json functionTimeout" if cap < FRONT_END_LIMIT_SECONDS else "Azure's 230 s HTTP limit"
+        read.problems["AZURE_OPENAI_DEADLINE"] = f"must stay under {where} ({cap:g} s)"
+        deadline = min(RetrySettings.deadline, 0.9 * cap)
+    return deadline
+
+
+def invocation_deadline(environ: Mapping[str, str], *,
+                        function_timeout: Callable[[], float | None] = function_timeout_seconds) -> float:
+    """The deadline an invocation has before the other settings are known (while App
+    Configuration loads): AZURE_OPENAI_DEADLINE as load_settings reads it, its default
+    when it is absent or invalid."""
+    return _deadline(_Reader(environ), function_timeout)
+
+
 def load_settings(environ: Mapping[str, str] | None = None, *,
                   function_timeout: Callable[[], float | None] = function_timeout_seconds) -> Settings:
     """Settings from ``environ`` (default: the process environment); raises SettingsError."""
@@ -260,25 +283,18 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
             validate_api_version=api_version_problem)
         read.problems.update(problems)
 
-    deadline_cap = FRONT_END_LIMIT_SECONDS
-    host_timeout = function_timeout()
-    if host_timeout is not None:
-        deadline_cap = min(deadline_cap, host_timeout)
+    deadline = _deadline(read, function_timeout)
     concurrency = read.integer("AZURE_OPENAI_MAX_CONCURRENCY", RetrySettings.max_concurrency, low=1, high=4096)
     retry = RetrySettings(
         connect_timeout=read.number("AZURE_OPENAI_CONNECT_TIMEOUT", RetrySettings.connect_timeout, low=0.1, high=60),
         read_timeout=read.number("AZURE_OPENAI_TIMEOUT", RetrySettings.read_timeout, low=0.1, high=600),
         max_retries=read.integer("AZURE_OPENAI_MAX_RETRIES", RetrySettings.max_retries, low=0, high=10),
-        # The default leaves a tenth of the cap for everything around the upstream call.
-        deadline=read.number("AZURE_OPENAI_DEADLINE", min(RetrySettings.deadline, 0.9 * deadline_cap), low=0.5),
+        deadline=deadline,
         max_concurrency=concurrency,
         max_connections=read.integer("AZURE_OPENAI_MAX_CONNECTIONS", concurrency, low=1, high=4096),
         max_response_bytes=read.integer("AZURE_OPENAI_MAX_RESPONSE_BYTES", RetrySettings.max_response_bytes,
                                         low=64 * 1024, high=256 * 1024 * 1024),
     )
-    if retry.deadline >= deadline_cap and "AZURE_OPENAI_DEADLINE" not in read.problems:
-        where = "host.json functionTimeout" if deadline_cap < FRONT_END_LIMIT_SECONDS else "Azure's 230 s HTTP limit"
-        read.problems["AZURE_OPENAI_DEADLINE"] = f"must stay under {where} ({deadline_cap:g} s)"
     limits = Limits(
         max_body_bytes=read.integer("COMPLETIONS_MAX_BODY_BYTES", Limits.max_body_bytes, low=1024,
                                     high=64 * 1024 * 1024),

@@ -130,3 +130,15 @@ def test_bad_bootstrap_settings_are_503_naming_them(app_with_store):
     reply = post_completions(SEED)
     assert reply.status == 503 and "AZURE_APPCONFIG_REFRESH_SECONDS" in reply.body["error"]["settings"]
     assert "often" not in reply.raw.decode()
+
+
+def test_waiting_for_the_first_load_stays_within_the_deadline(app_with_store, store):
+    """AZURE_OPENAI_DEADLINE (an app setting) bounds the wait for a slow store's first load;
+    the answer says the settings are still loading, never 'overloaded'."""
+    store.appconfig.state.faults.extend([{"delay_ms": 3000}])  # the store's first answer comes late
+    app_with_store(AZURE_OPENAI_DEADLINE="1")
+    started = time.monotonic()
+    reply = post_completions(SEED)
+    assert time.monotonic() - started < 2.0
+    assert reply.status == 503 and reply.body["error"]["code"] == "not_configured"
+    assert reply.body["error"]["reasons"] == {"AZURE_APPCONFIG_ENDPOINT": "loading"}
