@@ -26,11 +26,16 @@ def ca_file(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def ca_problems(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The CA setting in force, by name, when it does not name a readable file."""
+    """The CA setting in force, by name, when it does not name a readable file of PEM
+    certificates (read once, when settings are loaded)."""
     env = os.environ if environ is None else environ
     for name in CA_SETTINGS:
         value = (env.get(name) or "").strip()
         if value:
-            return {} if os.path.isfile(value) and os.access(value, os.R_OK) else {
-                name: "must name a readable PEM file"}
+            try:
+                with open(value, "rb") as file:
+                    pem = b"-----BEGIN CERTIFICATE-----" in file.read(16 * 1024 * 1024)
+            except OSError:
+                pem = False
+            return {} if pem else {name: "must name a readable file of PEM certificates"}
     return {}

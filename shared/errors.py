@@ -59,14 +59,18 @@ def invalid_request(message: str, param: str | None = None) -> AppError:
 
 
 def not_configured(problems: Mapping[str, str]) -> AppError:
-    """503 naming the settings that are missing or invalid, with why (never their values)."""
+    """503 naming the settings that are missing or invalid, with why (never their values).
+    While the settings store is loading or cannot be read, that is an outage the app retries
+    in the background: retryable (a queue message is delivered again, not failed for good)."""
     names = sorted(problems)
-    described = ", ".join(f"{name} ({problems[name]})" if problems[name] in _SHORT_REASONS else name for name in names)
+    described = ", ".join(f"{name} ({problems[name]})" if problems[name] in _STORE_STATES else name for name in names)
+    transient = any(problems[name] in _STORE_STATES for name in names)
     return AppError(503, "not_configured", "The app is not configured: missing or invalid settings: " + described,
-                    details={"settings": names, "reasons": {name: problems[name] for name in names}})
+                    details={"settings": names, "reasons": {name: problems[name] for name in names}},
+                    retryable=transient, retry_after=5 if transient else None)
 
 
-_SHORT_REASONS = {"loading", "unreachable", "unauthorized", "invalid"}  # the settings store's states
+_STORE_STATES = {"loading", "unreachable", "unauthorized", "invalid"}  # the settings store's states
 
 
 def credential_unavailable(retryable: bool = True, retry_after: float | None = None) -> AppError:

@@ -17,6 +17,7 @@ from typing import Callable, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
 from .backends import BACKENDS_SETTING, BackendSettings, parse_backends
+from .ca_bundle import ca_problems
 
 AUTH_MODES = ("managed_identity", "default", "key")
 DEFAULT_API_VERSION = "2024-10-21"
@@ -304,6 +305,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
         max_best_of=read.integer("COMPLETIONS_MAX_BEST_OF", Limits.max_best_of, low=1, high=20),
     )
     log_text = read.flag("COMPLETIONS_LOG_TEXT")
+    read.problems.update(ca_problems(read.environ))  # outbound HTTPS trusts that file: it must be usable
     if read.problems:
         raise SettingsError(read.problems)
     return Settings(

@@ -39,7 +39,9 @@ import aiohttp
 import openai
 from yarl import URL
 
+from .ca_bundle import CA_SETTINGS, ca_file
 from .errors import AppError
+from .settings import SettingsError
 
 
 @dataclass
@@ -90,10 +92,16 @@ def _origin(url: str) -> URL:
 
 
 def _ssl_context() -> ssl.SSLContext | bool:
-    """Verified TLS; trusts ``REQUESTS_CA_BUNDLE`` when set (``SSL_CERT_FILE`` is read by
-    OpenSSL's defaults already), as the requests-based Azure SDK clients do."""
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE")
-    return ssl.create_default_context(cafile=bundle) if bundle else True
+    """Verified TLS, trusting the CA file ``REQUESTS_CA_BUNDLE`` or ``SSL_CERT_FILE`` names when
+    one does, as the App Configuration and Key Vault clients do (load_settings checked it)."""
+    bundle = ca_file(os.environ)
+    if not bundle:
+        return True
+    try:
+        return ssl.create_default_context(cafile=bundle)
+    except (OSError, ValueError) as exc:  # not certificates OpenSSL can load (or gone since the settings were read)
+        name = next(name for name in CA_SETTINGS if (os.environ.get(name) or "").strip())
+        raise SettingsError({name: "must name a readable file of PEM certificates"}) from exc
 
 
 class UpstreamHttp:

@@ -142,3 +142,17 @@ def test_waiting_for_the_first_load_stays_within_the_deadline(app_with_store, st
     assert time.monotonic() - started < 2.0
     assert reply.status == 503 and reply.body["error"]["code"] == "not_configured"
     assert reply.body["error"]["reasons"] == {"AZURE_APPCONFIG_ENDPOINT": "loading"}
+
+
+def test_queue_work_is_redelivered_not_failed_while_the_store_cannot_be_read(app_with_store, store):
+    """A store that cannot be read at start is an outage the app retries: a queue message is
+    left for redelivery (RetryLater), not answered 'failed' and deleted."""
+    from shared.events import RetryLater
+    from test_events import from_queue, message
+
+    store.take_down()
+    app_with_store()
+    with pytest.raises(RetryLater):
+        from_queue(message({"id": "job-1", **SEED}))
+    reply = post_completions(SEED)
+    assert reply.status == 503 and reply.headers["Retry-After"] == "5"

@@ -181,3 +181,22 @@ def test_importing_function_app_loads_no_identity_library(auth):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
     assert "not configured" not in done.stderr  # the settings were valid: this measured the configured app
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate", b"-----BEGIN CERTIFICATE-----\ngarbage\n"])
+def test_an_unusable_ca_bundle_is_named_and_never_breaks_indexing(tmp_path, content):
+    """REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) names what outbound HTTPS trusts: a missing file,
+    or one without usable certificates, is a setting problem (503 naming it), not a crash."""
+    bundle = tmp_path / "ca.pem"
+    if content is not None:
+        bundle.write_bytes(content)
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES and k not in ("SSL_CERT_FILE",)}
+    env.update(AZURE_OPENAI_ENDPOINT="https://example.openai.azure.com", AZURE_OPENAI_DEPLOYMENT="d",
+               REQUESTS_CA_BUNDLE=str(bundle))
+    script = ("import json, function_app; print(json.dumps(function_app.service.health().body))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    health = json.loads(done.stdout.strip().splitlines()[-1])
+    assert health["status"] == "not_configured" and "REQUESTS_CA_BUNDLE" in health["settings"]
+    assert str(bundle) not in done.stdout + done.stderr
