@@ -57,6 +57,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from .ca_bundle import ca_file, ca_problems
+from .protected_settings import is_bootstrap_name
 from .settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -66,24 +67,11 @@ DEFAULT_SENTINEL = "completions:sentinel"
 DEFAULT_REFRESH_SECONDS = 30.0
 AUTH_MODES = ("managed_identity", "default")
 NULL_LABEL = "\0"  # App Configuration's "no label" in filters
-# Names a store may never set: the bootstrap itself, the identity used to reach the
-# store, the trust roots, and what the platform owns (a store able to move
-# IDENTITY_ENDPOINT could have the app hand its identity header to another host).
-BOOTSTRAP_NAMES = frozenset({
-    "AZURE_CLIENT_ID", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET",
-    "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE",
-})
-BOOTSTRAP_PREFIXES = ("AZURE_APPCONFIG_", "FUNCTIONS_", "AzureWebJobs", "WEBSITE_")
 # The SDK clients' own retries and timeouts: short, since our loop retries.
 CLIENT_OPTIONS = {"retry_total": 1, "retry_backoff_factor": 0.5, "retry_backoff_max": 2,
                   "connection_timeout": 5.0, "read_timeout": 10.0}
 CREDENTIAL_OPTIONS = {"retry_total": 0, "connection_timeout": 5.0, "read_timeout": 10.0}
 PROVIDER_REFRESH_FLOOR_SECONDS = 1  # the provider's minimum refresh_interval
-
-
-def is_bootstrap_name(name: str) -> bool:
-    """True for settings that must come from app settings, never from the store."""
-    return name in BOOTSTRAP_NAMES or name.startswith(BOOTSTRAP_PREFIXES)
 
 
 # -- bootstrap ---------------------------------------------------------------------

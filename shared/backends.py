@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Collection, Literal, Mapping, NamedTuple, Sequence
 
+from .protected_settings import holds_other_credentials
+
 log = logging.getLogger(__name__)
 
 BACKENDS_SETTING = "AZURE_OPENAI_BACKENDS"
@@ -235,6 +237,9 @@ def _parse_entry(index: int, entry: Any, environ: Mapping[str, str], defaults: d
             found.append("api_key_setting is only used with auth key")
         elif not _SETTING_NAME.fullmatch(key_setting):
             found.append("api_key_setting must be the name of an app setting (letters, digits, _ and .)")
+        elif holds_other_credentials(key_setting):
+            found.append("api_key_setting must not name a setting of the platform, the app's identity or another "
+                         "service's credentials")
         else:
             api_key = (environ.get(key_setting) or "").strip() or None
             if api_key is None:

@@ -275,7 +275,7 @@ def test_ca_settings_are_read_in_order_and_checked(tmp_path):
     assert ca_file({"SSL_CERT_FILE": str(pem)}) == str(pem)
     assert ca_file({"REQUESTS_CA_BUNDLE": str(pem), "SSL_CERT_FILE": "/other"}) == str(pem)
     assert ca_problems({"SSL_CERT_FILE": str(tmp_path / "missing.pem")}) == {
-        "SSL_CERT_FILE": "must name a readable PEM file"}
+        "SSL_CERT_FILE": "must name a readable file of PEM certificates"}
 
 
 def test_json_values_reach_apply_as_json_text(standins, make_source):

@@ -570,3 +570,15 @@ def test_failures_from_many_threads_leave_a_consistent_pool():
     assert {s["state"] for s in states} <= {"ready", "cooling", "misconfigured"}
     clock.advance(MAX_COOLDOWN)
     assert all(s["state"] == "ready" for s in pool.snapshot()) and pool.next_recovery() is None
+
+
+@pytest.mark.parametrize("setting", ["AzureWebJobsStorage", "IDENTITY_HEADER", "AZURE_APPCONFIG_CONNECTION_STRING",
+                                     "APPLICATIONINSIGHTS_CONNECTION_STRING", "AZURE_CLIENT_SECRET",
+                                     "MY_DB_CONNECTION_STRING", "OTEL_EXPORTER_OTLP_HEADERS"])
+def test_a_key_setting_may_not_name_another_services_credentials(setting):
+    """Whoever writes AZURE_OPENAI_BACKENDS (in App Configuration, say) must not be able to have
+    the app send a storage connection string or the identity header as api-key to their endpoint."""
+    reason = problem([{"name": "evil", "endpoint": "https://attacker.example.com", "auth": "key",
+                       "api_key_setting": setting}],
+                     **{setting: "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=SECRETKEY=="})
+    assert "must not name" in reason and "SECRETKEY" not in reason
