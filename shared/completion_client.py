@@ -98,7 +98,11 @@ class CompletionClient:
     def __init__(self, backends: Sequence[BackendSettings], retry: RetrySettings,
                  tokens: Mapping[tuple, TokenCache], *, http: UpstreamHttp | None = None,
                  pool: BackendPool | None = None, policy: RetryPolicy | None = None, clock: Clock = SYSTEM_CLOCK,
-                 rng: random.Random | None = None, telemetry: Telemetry = NOOP) -> None:
+                 rng: random.Random | None = None, telemetry: Telemetry = NOOP,
+                 previous: "CompletionClient | None" = None) -> None:
+        """``previous``: the client these settings replace; its concurrency slots carry over when
+        the limit is the same (invocations in flight on it still count against this one), and
+        its backends' last failures, for the backends the pool keeps."""
         self._targets = {}
         for backend in backends:
             if (backend.identity is None) == (backend.identity in tokens):
@@ -112,8 +116,10 @@ class CompletionClient:
         self.pool = pool or BackendPool(backends, clock=clock.monotonic, wall_clock=clock.time, rng=rng)
         self._http = http or UpstreamHttp([b.endpoint for b in backends], max_connections=retry.max_connections,
                                           max_response_bytes=retry.max_response_bytes)
-        self._slots = _PerLoop(retry.max_concurrency)
-        self._failures: dict[str, AppError] = {}  # each backend's last failure (what cooled it)
+        same_limit = previous is not None and previous._retry.max_concurrency == retry.max_concurrency
+        self._slots = previous._slots if same_limit else _PerLoop(retry.max_concurrency)
+        # each backend's last failure (what cooled it)
+        self._failures: dict[str, AppError] = dict(previous._failures) if previous and pool is previous.pool else {}
         self._telemetry = telemetry
 
     @property
@@ -260,9 +266,10 @@ class CompletionClient:
                     response = await PlainCompletion.acreate(
                         **target.per_call, api_key=api_key, **params, request_id=request_id,
                         request_timeout=(connect, total),
-                        # openai retries HTTP 409 in a loop until `timeout` seconds have
-                        # passed; 0 makes it raise TryAgain at once so our policy decides.
-                        timeout=0,
+                        # openai retries HTTP 409 in a loop until `timeout` seconds of the wall
+                        # clock have passed; -1 has passed already, even if the clock steps back,
+                        # so it raises TryAgain at once and our policy decides.
+                        timeout=-1,
                     )
             except Exception as exc:  # noqa: BLE001 - every failure is translated here, at one boundary
                 error = upstream_failure(exc, exchange)

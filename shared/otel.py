@@ -549,7 +549,8 @@ class RateLimitedSampler(Sampler):
 
     def __init__(self, per_second: float) -> None:
         self._rate = per_second
-        self._tokens = per_second
+        self._capacity = max(1.0, per_second)  # a trace takes one token: a rate under 1 a second still gets them
+        self._tokens = self._capacity
         self._last = time.monotonic()
         self._lock = threading.Lock()  # held for a few arithmetic operations
 
@@ -557,7 +558,7 @@ class RateLimitedSampler(Sampler):
                       links: Any = None, trace_state: Any = None) -> SamplingResult:
         now = time.monotonic()
         with self._lock:
-            self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+            self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
             self._last = now
             sampled = self._tokens >= 1
             if sampled:

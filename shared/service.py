@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import re
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -75,6 +76,7 @@ class CompletionService:
         self._app_settings: Mapping[str, str] = {}
         self._first_load_wait = RetrySettings.deadline  # how long a request may wait for the store's first load
         self._retired: list[tuple[float, UpstreamHttp]] = []  # replaced transports, closed once drained
+        self._retired_lock = threading.Lock()  # appended to on the store's thread, drained on the loop's
 
     @property
     def settings(self) -> Settings | None:
@@ -120,7 +122,8 @@ class CompletionService:
         old = previous.client
         if old is not None and client.http is not old.http:
             drained_at = self._clock.monotonic() + (previous.settings.retry.deadline if previous.settings else 0)
-            self._retired.append((drained_at, old.http))
+            with self._retired_lock:
+                self._retired.append((drained_at, old.http))
         _configure_logging(settings)
         self._pipeline = Pipeline(settings, client, {}, self._clock.time())  # one assignment: atomic
 
@@ -128,7 +131,9 @@ class CompletionService:
         """Close this service's connections on the running loop (shutdown, tests)."""
         if self._source is not None:
             self._source.stop()
-        for _, http in self._retired:
+        with self._retired_lock:
+            retired, self._retired = self._retired, []
+        for _, http in retired:
             await http.aclose()
         if self._pipeline.client is not None:
             await self._pipeline.client.http.aclose()
@@ -187,8 +192,9 @@ class CompletionService:
 
     async def _close_drained(self) -> None:
         now = self._clock.monotonic()
-        drained = [http for when, http in self._retired if when <= now]
-        self._retired = [(when, http) for when, http in self._retired if when > now]
+        with self._retired_lock:
+            drained = [http for when, http in self._retired if when <= now]
+            self._retired = [(when, http) for when, http in self._retired if when > now]
         for http in drained:
             await http.aclose()
 
@@ -276,7 +282,7 @@ def _client_for(settings: Settings, clock: Clock, telemetry: Telemetry, previous
         == (settings.retry.max_connections, settings.retry.max_response_bytes)
     return CompletionClient(settings.backends, settings.retry, tokens, clock=clock, telemetry=telemetry,
                             pool=old.pool if old is not None and same_backends else None,
-                            http=old.http if old is not None and same_transport else None)
+                            http=old.http if old is not None and same_transport else None, previous=old)
 
 
 def _iso(epoch: float) -> str:

@@ -4,6 +4,7 @@ crash. The real provider against the HTTPS stand-ins; Azure OpenAI from the emul
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -156,3 +157,47 @@ def test_queue_work_is_redelivered_not_failed_while_the_store_cannot_be_read(app
         from_queue(message({"id": "job-1", **SEED}))
     reply = post_completions(SEED)
     assert reply.status == 503 and reply.headers["Retry-After"] == "5"
+
+
+def _change(store, clock, *changes: dict, generation: str) -> None:
+    """Change keys and the sentinel, then let the refresh interval pass (the provider's own
+    timer has a 1 s floor on the real clock)."""
+    store.set(*changes, {"key": "completions:sentinel", "value": generation})
+    time.sleep(1.1)
+    clock.advance(5)
+
+
+def test_a_swap_keeps_what_did_not_change_and_invocations_in_flight_finish_on_the_old_settings(
+        app_with_store, store, emulators, clock):
+    from app_client import LOOP, call_completions, completions_request
+
+    service = app_with_store(refresh_seconds=5)
+    assert post_completions(SEED).status == 200
+    old = service._pipeline.client
+    emulators.openai_control.config(latency_ms=1500)
+    in_flight = asyncio.run_coroutine_threadsafe(call_completions(completions_request(SEED)), LOOP.loop)
+    time.sleep(0.3)  # it has its pipeline: the old deployment
+    _change(store, clock, {"key": "completions:AZURE_OPENAI_DEPLOYMENT", "value": "gpt-35-turbo-instruct"},
+            {"key": "completions:AZURE_OPENAI_TIMEOUT", "value": "20"}, generation="2")
+    post_completions({"prompt": "x", "max_tokens": 6})  # starts the check
+    assert wait_for(lambda: service._pipeline.settings.backends[0].deployment == "gpt-35-turbo-instruct")
+    assert in_flight.result(30).body["deployment"] == "davinci-002"  # finished on the settings it started with
+    emulators.openai_control.config(latency_ms=0)
+    new = service._pipeline.client
+    assert new is not old  # the backends and the timeout changed: a new client...
+    assert new.tokens == old.tokens and new._slots is old._slots  # ...with the token cache and the slots kept
+    assert post_completions(SEED).body["deployment"] == "gpt-35-turbo-instruct"
+
+
+def test_a_replaced_transport_is_closed_once_its_invocations_have_drained(app_with_store, store, clock):
+    service = app_with_store(refresh_seconds=5, AZURE_OPENAI_DEADLINE="10")
+    assert post_completions(SEED).status == 200
+    old_http = service._pipeline.client.http
+    _change(store, clock, {"key": "completions:AZURE_OPENAI_MAX_CONNECTIONS", "value": "64"}, generation="3")
+    post_completions(SEED)
+    assert wait_for(lambda: service._pipeline.client.http is not old_http)
+    assert post_completions(SEED).status == 200
+    assert [http for _, http in service._retired] == [old_http]  # kept while invocations may still use it
+    clock.advance(10.5)  # past the old settings' deadline
+    assert post_completions(SEED).status == 200
+    assert service._retired == [] and not old_http._sessions  # closed

@@ -620,3 +620,13 @@ def test_a_sampled_parent_is_always_recorded(configure_app, monkeypatch):
     LOOP.run(burst())
     assert len(recorded.spans("text_completion")) == 20
     LOOP.run(function_app.service.aclose())
+
+
+def test_a_rate_under_one_trace_a_second_still_samples():
+    from opentelemetry.sdk.trace.sampling import Decision
+
+    from shared.otel import RateLimitedSampler
+
+    sampler = RateLimitedSampler(0.5)
+    decisions = [sampler.should_sample(None, trace_id, "x").decision for trace_id in range(1, 5)]
+    assert decisions[0] is Decision.RECORD_AND_SAMPLE and Decision.DROP in decisions[1:]
