@@ -10,7 +10,6 @@ sync functions would each hold one of the worker's few threads.
 """
 
 import gc
-import json
 import logging
 import os
 import uuid
@@ -35,7 +34,7 @@ STORAGE = "AzureWebJobsStorage"
 
 def _http_response(outcome: Outcome, request_id: str) -> func.HttpResponse:
     return func.HttpResponse(
-        json.dumps(outcome.body), status_code=outcome.status, mimetype="application/json",
+        outcome.json(), status_code=outcome.status, mimetype="application/json",
         headers={**outcome.headers, "x-request-id": request_id})
 
 

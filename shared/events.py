@@ -131,7 +131,8 @@ async def handle_request(service: CompletionService, recent: RecentResults, mess
 
     outcome = await service.complete(request, request_id_for(correlation_id), source=source)
     if outcome.ok:
-        result = json.dumps({"id": correlation_id, "status": "succeeded", "result": outcome.body})
+        # the answer's JSON as the service encoded it, not a second pass over it
+        result = f'{{"id": {json.dumps(correlation_id)}, "status": "succeeded", "result": {outcome.json()}}}'
         if len(result) > MAX_RESULT_CHARS:
             log.warning("%s request %r: result of %d bytes is too large for a queue message; answered "
                         "result_too_large", source, correlation_id, len(result))

@@ -9,6 +9,7 @@ one log line.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from .errors import AppError, internal_error, not_configured
 from .retry import SYSTEM_CLOCK, Clock, Deadline
 from .settings import Limits, RetrySettings, Settings, SettingsError, invocation_deadline, load_settings
 from .telemetry import NOOP, Telemetry
-from .upstream_http import UpstreamHttp
+from .upstream_http import UpstreamHttp, bad_response
 from .validation import parse_json_body, validate_completion_request
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ class Outcome(NamedTuple):
     body: dict[str, Any]
     headers: Mapping[str, str] = MappingProxyType({})  # read-only: the default is shared
     error: AppError | None = None
+    encoded: str | None = None  # the body as JSON, for answers: encoded once, where a failure is an error
+
+    def json(self) -> str:
+        return self.encoded if self.encoded is not None else json.dumps(self.body)
 
     @property
     def ok(self) -> bool:
@@ -159,7 +164,8 @@ class CompletionService:
             data = parse_json_body(request, settings.limits) if isinstance(request, (bytes, bytearray)) else request
             params = validate_completion_request(data, settings.limits)
             result = await pipeline.client.complete(params, deadline, request_id)
-            outcome = Outcome(200, shape_response(result.response, result.backend.deployment, result.backend.name))
+            body = shape_response(result.response, result.backend.deployment, result.backend.name)
+            outcome = Outcome(200, body, encoded=_encode_answer(body))
         except AppError as exc:
             outcome = Outcome(exc.status, exc.body(request_id), exc.headers(), exc)
         except Exception:  # noqa: BLE001 - the caller gets a coded 500, the log gets the traceback
@@ -309,3 +315,13 @@ def shape_response(upstream: dict[str, Any], deployment: str, backend: str) -> d
     if "prompt_filter_results" in upstream:
         body["prompt_filter_results"] = upstream["prompt_filter_results"]
     return body
+
+
+def _encode_answer(body: dict[str, Any]) -> str:
+    """The answer's JSON. The client re-encodes a large answer to look for what JSON cannot carry
+    only when its bytes hint at it; whatever that lets through (nesting deeper than the encoder
+    goes) is refused here, not sent."""
+    try:
+        return json.dumps(body, allow_nan=False)
+    except (ValueError, RecursionError):
+        raise bad_response("Azure OpenAI sent a response with values JSON cannot carry.") from None

@@ -50,6 +50,8 @@ class Exchange:
 
     status: int | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    size: int = 0  # bytes of the answer's body, once read
+    json_constants: bool = True  # whether the body may hold NaN or Infinity (only a scan of it can say no)
 
 
 _current_exchange: ContextVar[Exchange | None] = ContextVar("upstream_exchange", default=None)
@@ -79,6 +81,10 @@ class _CappedResponse(aiohttp.ClientResponse):
                     raise _too_large(self.max_bytes)
                 chunks.append(chunk)
             body = self._capped_body = b"".join(chunks)
+            exchange = _current_exchange.get()
+            if exchange is not None:
+                exchange.size = len(body)
+                exchange.json_constants = b"NaN" in body or b"Infinity" in body  # memchr-fast, unlike a re-encode
             await super().read()  # the stream is at its end: this only releases the connection
         return body
 

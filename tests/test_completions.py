@@ -270,3 +270,19 @@ def test_a_huge_integer_in_any_number_field_is_400_naming_it(configure_app, emul
     big_bias = b'{"prompt": "x", "logit_bias": {"50256": ' + b"9" * digits + b"}}"
     assert_error(post_completions(raw=big_bias), 400, "invalid_request", "logit_bias")
     assert emulator_stats(emulators)["completion_requests"] == 0
+
+
+def test_an_answer_json_cannot_carry_is_a_coded_502_not_a_500():
+    """What the client's scan lets through for large answers (nesting deeper than the encoder
+    goes, or a NaN) is refused when the answer is encoded, as upstream_bad_response."""
+    from shared.errors import AppError
+    from shared.service import _encode_answer
+
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    for body in ({"choices": [{"logprobs": deep}]}, {"choices": [{"logprobs": float("nan")}]}):
+        with pytest.raises(AppError) as caught:
+            _encode_answer(body)
+        assert caught.value.status == 502 and caught.value.code == "upstream_bad_response"
+    assert _encode_answer({"text": "é"}) == '{"text": "\\u00e9"}'  # ASCII: the queue's size limit counts it
