@@ -323,6 +323,29 @@ def throttled_backend(calls: int) -> Row:
                f"healthy backend alone: median {medians['alone']:.2f} ms", success["both"] == 1 and added <= 1)
 
 
+# -- 13. pauses of the event loop --------------------------------------------------------------------
+def loop_pauses(callers: int, collections: int, answer_choices: int) -> list[Row]:
+    """What holds the one event loop (every invocation on the instance) that no await can
+    release: a full garbage collection, and a large answer's JSON decode and encode."""
+    with Emulator(latency_ms=1000) as emulator:
+        result = run_worker("app", "pauses", emulator, callers=callers, collections=collections,
+                            answer_choices=answer_choices)
+    frozen, unfrozen = statistics.median(result["frozen_ms"]), statistics.median(result["unfrozen_ms"])
+    mib = result["answer_bytes"] / 2 ** 20
+    assert result["answer_status"] == 200, result
+    return [
+        Row(13, f"Full garbage collection with {callers} completions in flight: the loop's pause, median of "
+                f"{collections}, as the app runs (`gc.freeze()` at import) and after `gc.unfreeze()`",
+            "(reported)", f"{frozen:.1f} ms (range {min(result['frozen_ms']):.1f}–{max(result['frozen_ms']):.1f})",
+            f"unfrozen: {unfrozen:.1f} ms (range {min(result['unfrozen_ms']):.1f}–{max(result['unfrozen_ms']):.1f})",
+            None),
+        Row(13, f"One large answer ({mib:.1f} MiB of JSON, {answer_choices} choices of 1,024 tokens with "
+                "logprobs=5): the longest pause of the loop while the app reads and answers it",
+            "(reported)", f"{result['answer_pause_ms']:.0f} ms ({result['answer_pause_ms'] / mib:.0f} ms a MiB)",
+            "—", None),
+    ]
+
+
 # -- 6. the dev host over HTTP (wrk) -------------------------------------------------------------
 def wrk(url: str, headers: dict[str, str], seconds: int, connections: int = 32) -> dict:
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
@@ -468,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     print("10: the backend pool ...", flush=True)
     rows += pool_rows(seconds=10 if args.quick else 30, window=5 if args.quick else 10, per_window=50)
     rows.append(throttled_backend(calls=100 if args.quick else 500))
+    print("13: pauses of the event loop ...", flush=True)
+    rows += loop_pauses(callers=256, collections=3 if args.quick else 9, answer_choices=40)
     print("11 + 12: telemetry ...", flush=True)
     from benchmarks.telemetry import telemetry_cold_start, telemetry_overhead
 

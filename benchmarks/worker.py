@@ -196,6 +196,79 @@ def offer_threads(call: Callable[[], int], rate: float, seconds: float, threads:
     return tally.result(time.monotonic() - started, time.process_time() - cpu)
 
 
+# -- pauses of the event loop: full garbage collections, and one large answer ---------------------------
+def logprobs_answer(choices: int, tokens: int = 1024) -> bytes:
+    """A completion answer of the heaviest kind per byte: every token with its logprobs (5 each)."""
+    words = [" word"] * tokens
+    choice = {"text": "".join(words), "index": 0, "finish_reason": "length",
+              "logprobs": {"tokens": words, "token_logprobs": [-0.123456] * tokens,
+                           "top_logprobs": [{" a": -0.1, " b": -0.2, " c": -0.3, " d": -0.4, " e": -0.5}] * tokens,
+                           "text_offset": list(range(tokens))}}
+    return json.dumps({"choices": [dict(choice, index=i) for i in range(choices)],
+                       "usage": {"prompt_tokens": 8, "completion_tokens": choices * tokens,
+                                 "total_tokens": choices * tokens + 8}}).encode()
+
+
+async def loop_pauses(call: Callable[[], Awaitable[int]], emulator: dict, callers: int, collections: int,
+                      answer_choices: int) -> dict:
+    """With ``callers`` completions in flight: how long full collections hold the loop as the
+    app leaves the heap (``gc.freeze()`` at import) and after ``gc.unfreeze()``; then the longest
+    pause of the loop while one large answer is read, checked and encoded."""
+    import base64
+    import gc
+
+    from devserver.control_client import EmulatorControl
+
+    await call()
+    stop = asyncio.Event()
+
+    async def caller() -> None:
+        while not stop.is_set():
+            await call()
+
+    callers_done = asyncio.gather(*(caller() for _ in range(callers)))
+    await asyncio.sleep(1.5)  # every caller has a completion in flight
+
+    async def full_collections() -> list[float]:
+        pauses = []
+        for _ in range(collections):
+            began = time.perf_counter()
+            gc.collect()  # on the loop's thread, as the collector runs: every invocation waits
+            pauses.append((time.perf_counter() - began) * 1000)
+            await asyncio.sleep(0.2)  # the callers run between collections
+        return pauses
+
+    frozen = await full_collections()
+    gc.unfreeze()
+    unfrozen = await full_collections()
+    stop.set()
+    await callers_done
+
+    answer = logprobs_answer(answer_choices)
+    EmulatorControl(emulator["endpoint"]).faults({"status": 200, "raw_base64": base64.b64encode(answer).decode(),
+                                                  "headers": {"Content-Type": "application/json"}})
+    worst = 0.0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal worst
+        while not done.is_set():
+            began = time.perf_counter()
+            await asyncio.sleep(0.002)
+            worst = max(worst, time.perf_counter() - began - 0.002)
+
+    ticking = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0.05)
+    status = await call()
+    done.set()
+    await ticking
+    import function_app
+
+    await function_app.service.aclose()
+    return {"frozen_ms": frozen, "unfrozen_ms": unfrozen, "answer_bytes": len(answer), "answer_status": status,
+            "answer_pause_ms": worst * 1000}
+
+
 def main() -> int:
     side, scenario, config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     started = time.perf_counter()
@@ -249,6 +322,8 @@ def main() -> int:
     elif scenario == "offered":
         result = (run(offer_tasks(call, config["rate"], config["seconds"])) if side == "app"
                   else offer_threads(call, config["rate"], config["seconds"]))
+    elif scenario == "pauses":
+        result = run(loop_pauses(call, config["emulator"], callers, config["collections"], config["answer_choices"]))
     elif scenario == "memory":
         if side == "app":
             run(run_tasks(call, config["first"], callers))

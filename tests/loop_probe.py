@@ -1,7 +1,8 @@
 """Run by tests/test_async.py in a fresh process, as the Functions worker runs the app: import
 function_app (settings from the environment), then bursts of completions on one event loop in
 asyncio debug mode. Prints, as JSON, the slow-callback reports of each burst (stops at the
-first clean one). Argument: the number of completions per burst."""
+first clean one). Arguments: the number of completions per burst; ``--plant-ms N`` plants a
+blocking ``time.sleep`` of N ms in every invocation, the control that shows the probe sees one."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,10 +31,12 @@ class Reports(logging.Handler):
         self.messages.append(record.getMessage()[:300])
 
 
-async def bursts(size: int, reports: Reports) -> list[list[str]]:
+async def bursts(size: int, reports: Reports, plant_seconds: float) -> list[list[str]]:
     user_function = function_app.completions.build().get_user_function()
 
     async def call() -> int:
+        if plant_seconds:
+            time.sleep(plant_seconds)
         request = func.HttpRequest(method="POST", url="http://localhost/api/completions", body=REQUEST)
         return (await user_function(request)).status_code
 
@@ -59,7 +63,8 @@ async def bursts(size: int, reports: Reports) -> list[list[str]]:
 def main() -> None:
     reports = Reports()
     logging.getLogger("asyncio").addHandler(reports)
-    print(json.dumps(asyncio.run(bursts(int(sys.argv[1]), reports), debug=True)))
+    plant_ms = float(sys.argv[sys.argv.index("--plant-ms") + 1]) if "--plant-ms" in sys.argv else 0.0
+    print(json.dumps(asyncio.run(bursts(int(sys.argv[1]), reports, plant_ms / 1000), debug=True)))
 
 
 if __name__ == "__main__":

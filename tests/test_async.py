@@ -9,6 +9,7 @@ import inspect
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +39,28 @@ def test_every_function_is_a_coroutine(declared_functions):
         assert inspect.iscoroutinefunction(function.get_user_function()), name
 
 
+def _loop_probe(*args: str) -> list[list[str]]:
+    """Slow-callback reports per burst from ``tests/loop_probe.py`` (arguments passed on). The
+    app runs with its token always due for refresh (a 300 s token, refreshed 300 s before
+    expiry: one refresh after another on its thread throughout) and telemetry on, every trace
+    sampled and exported to an endpoint that refuses (the exporters' retries on their threads;
+    1 s export timeout, or the SDK's exit flush to it takes ~15 s)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with EmulatorProcess("--latency-ms", "50", "--token-lifetime", "300", env=clean_environ()) as emulators:
+        env = {**clean_environ(), **emulators.app_settings(auth="managed_identity"),
+               "OTEL_EXPORTER_OTLP_ENDPOINT": refused, "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+               "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+        done = subprocess.run([sys.executable, str(ROOT / "tests" / "loop_probe.py"), *args], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=120)
+        refreshes = emulators.identity_control.stats()["token_requests"]
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert refreshes > 10, refreshes  # the refresh path ran during the bursts
+    assert "spans batch" in done.stderr, done.stderr[-2000:]  # telemetry was on
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_a_burst_never_blocks_the_event_loop():
     """asyncio's debug mode reports every callback that holds the loop longer than 50 ms: one
     blocking call (sync HTTP, a sleep, a waiting lock, a token request) in the path shows up
@@ -46,13 +69,14 @@ def test_a_burst_never_blocks_the_event_loop():
     are not), with the emulators in a process of their own, as Azure OpenAI would be. On a
     busy shared machine preemption can still make a callback slow once, so a burst is tried
     up to three times and one clean burst passes; a blocking call fails all three."""
-    with EmulatorProcess("--latency-ms", "50", env=clean_environ()) as emulators:
-        done = subprocess.run([sys.executable, str(ROOT / "tests" / "loop_probe.py"), "256"], cwd=ROOT,
-                              env={**clean_environ(), **emulators.app_settings(auth="managed_identity")},
-                              capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    slow_by_burst = json.loads(done.stdout.strip().splitlines()[-1])
+    slow_by_burst = _loop_probe("256")
     assert [] in slow_by_burst, slow_by_burst
+
+
+def test_the_loop_probe_sees_a_planted_blocking_call():
+    """The control: a 60 ms ``time.sleep`` in each invocation is reported in every burst."""
+    slow_by_burst = _loop_probe("16", "--plant-ms", "60")
+    assert len(slow_by_burst) == 3 and all(slow_by_burst), slow_by_burst
 
 
 def test_256_concurrent_completions_at_1_s_latency_take_about_1_s(configure_app, emulators):
@@ -111,6 +135,9 @@ ODD_BODIES = {
                                   502, "upstream_bad_response"),
     "200, NaN in logprobs": (_raw(200, b'{"choices": [{"text": "x", "logprobs": NaN}], "usage": {}}'), 502,
                              "upstream_bad_response"),
+    "200, NaN in a large answer": (_raw(200, b'{"choices": [{"text": "' + b"x" * 300_000
+                                        + b'", "logprobs": {"token_logprobs": [NaN]}}], "usage": {}}'),
+                                   502, "upstream_bad_response"),
     "200, text is not a string": (_raw(200, b'{"choices": [{"text": 5}], "usage": {}}'), 502,
                                   "upstream_bad_response"),
     "200, usage is not integers": (_raw(200, b'{"choices": [], "usage": {"total_tokens": 1.5}}'), 502,
