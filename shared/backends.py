@@ -306,28 +306,35 @@ def _reset(headers: dict[str, str], which: str) -> float | None:
     return max(found) if found else None
 
 
-def requested_wait(headers: Mapping[str, str] | None, *, now: float) -> float | None:
-    """How long an answer asks the caller to stay away, in seconds: ``retry-after-ms``, else
-    ``Retry-After`` (seconds or an HTTP date, against wall-clock ``now``), else the later of the
-    ``x-ratelimit-reset-requests`` / ``-tokens`` times. None when no header is usable."""
-    lowered = _lowered(headers)
+def retry_after(headers: Mapping[str, str] | None, *, now: float) -> float | None:
+    """The wait an answer asks for, in seconds: ``retry-after-ms`` (Azure OpenAI's precise
+    form), else ``Retry-After`` (seconds or an HTTP date, against wall-clock ``now``). None
+    when neither is usable. The one reading of these headers: the caller's Retry-After and
+    the pool's cooldowns agree."""
+    return _retry_after(_lowered(headers), now)
+
+
+def _retry_after(lowered: dict[str, str], now: float) -> float | None:
     millis = _number(lowered.get("retry-after-ms"))
     if millis is not None:
         return millis / 1000
-    retry_after = lowered.get("retry-after")
-    seconds = _number(retry_after)
-    if seconds is not None:
+    text = lowered.get("retry-after")
+    seconds = _number(text)
+    if seconds is not None or not text:
         return seconds
-    if retry_after:
-        try:
-            when = parsedate_to_datetime(retry_after)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            when = None
-        if when is not None:
-            try:
-                return max(0.0, when.timestamp() - now)
-            except (OverflowError, OSError, ValueError):
-                pass
+    try:
+        return max(0.0, parsedate_to_datetime(text).timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
+        return None
+
+
+def requested_wait(headers: Mapping[str, str] | None, *, now: float) -> float | None:
+    """How long an answer asks the caller to stay away, in seconds: ``retry_after``, else the
+    later of the ``x-ratelimit-reset-requests`` / ``-tokens`` times. None when no header is usable."""
+    lowered = _lowered(headers)
+    asked = _retry_after(lowered, now)
+    if asked is not None:
+        return asked
     resets = [seconds for seconds in (_reset(lowered, "requests"), _reset(lowered, "tokens")) if seconds is not None]
     return max(resets) if resets else None
 

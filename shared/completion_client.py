@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 import openai
 import openai.error
 
-from .backends import DEFAULT_COOLDOWN, BackendPool, BackendSettings, FailureKind, Recovery
+from .backends import DEFAULT_COOLDOWN, BackendPool, BackendSettings, FailureKind, Recovery, retry_after
 from .errors import AppError
-from .retry import SYSTEM_CLOCK, Clock, Deadline, RetryPolicy, retry_after_seconds
+from .retry import SYSTEM_CLOCK, Clock, Deadline, RetryPolicy
 from .settings import RetrySettings
 from .telemetry import NOOP, Telemetry
 from .upstream_http import Exchange, UpstreamHttp, bad_response
@@ -244,17 +244,14 @@ class CompletionClient:
 
     def _wait_for_recovery(self, recovery: Recovery | None, last: AppError | None, rounds: int,
                            deadline: Deadline) -> float | None:
-        """Seconds to wait before the next round, or None to give up now."""
-        if rounds >= self._policy.max_retries and last is not None:
-            return None  # (a request that found nothing ready has made no attempt yet: it may wait once)
+        """Seconds to wait before the next round, or None to give up now: nothing is worth
+        waiting for, or the policy says the budget or the deadline does not allow it."""
         if recovery is not None and recovery.misconfigured:
             return None
         if last is not None and not last.retryable and _pool_failure(last) != "misconfigured":
             return None
         wait = 0.0 if recovery is None else recovery.seconds
-        if wait + self._policy.min_attempt >= deadline.remaining():
-            return None
-        return wait
+        return self._policy.next_round(rounds, wait, deadline.remaining(), attempted=last is not None)
 
     async def _attempt(self, target: _Target, params: dict[str, Any], deadline: Deadline,
                        request_id: str) -> tuple[dict[str, Any], Exchange]:
@@ -395,7 +392,7 @@ def upstream_failure(exc: BaseException, exchange: Exchange) -> AppError:
 
 def error_for_status(status: int | None, headers: Mapping[str, str] | None, error: dict[str, Any]) -> AppError:
     """The error for an answer with HTTP ``status`` and the service's ``error`` object (may be empty)."""
-    advised = retry_after_seconds(headers)
+    advised = retry_after(headers, now=time.time())
     if status is None:
         return AppError(502, "upstream_error", "Azure OpenAI failed (no status).", retryable=True)
     if 200 <= status < 300:

@@ -10,14 +10,9 @@ Time is read through a ``Clock`` so tests can skip waits instead of sleeping.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Mapping
-
-from .errors import AppError
 
 
 class Clock:
@@ -50,11 +45,12 @@ class Deadline:
 class RetryPolicy:
     """When to try an upstream call again, and after how long.
 
-    Retryable failures are retried up to ``max_retries`` times, after the wait
-    upstream asked for (``retry_after``) or else exponential backoff with full
-    jitter; a wait that would leave less than ``min_attempt`` seconds of the
-    deadline is not taken: the failure is final at once, so the caller hears
-    why without waiting for nothing.
+    The client fails over at once across its backends; when none is ready it waits
+    for the earliest to recover (the wait upstream asked for, or this policy's
+    exponential backoff with full jitter for a pool of one) and starts a new
+    round, at most ``max_retries`` times. A wait that would leave less than
+    ``min_attempt`` seconds of the deadline is not taken: the failure is final at
+    once, so the caller hears why without waiting for nothing.
     """
 
     max_retries: int = 3
@@ -67,43 +63,13 @@ class RetryPolicy:
         ceiling = min(self.backoff_cap, self.backoff_base * 2 ** max(0, retry_number - 1))
         return (rng or random).uniform(0, ceiling)
 
-    def wait_before_retry(self, failure: AppError, retries_done: int, remaining: float,
-                          rng: random.Random | None = None) -> float | None:
-        """Seconds to wait before retry number ``retries_done + 1``, or None to stop now."""
-        if not failure.retryable or retries_done >= self.max_retries:
+    def next_round(self, rounds_done: int, wait: float, remaining: float, *, attempted: bool) -> float | None:
+        """Seconds to wait before round ``rounds_done + 1`` (``wait``: until a backend is ready
+        again), or None to stop now: the retry budget is spent (a request that has made no
+        attempt yet, having found nothing ready, may wait once), or the wait would leave less
+        than ``min_attempt`` of the deadline."""
+        if attempted and rounds_done >= self.max_retries:
             return None
-        wait = failure.retry_after if failure.retry_after is not None else self.backoff(retries_done + 1, rng)
         if wait + self.min_attempt >= remaining:
             return None
         return wait
-
-
-def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
-    """The wait an upstream asked for: ``retry-after-ms`` (Azure OpenAI's precise form)
-    or ``Retry-After`` (seconds or an HTTP date). None when absent or unreadable."""
-    if not headers:
-        return None
-    lowered = {str(name).lower(): value for name, value in headers.items()}
-    millis = _seconds(lowered.get("retry-after-ms"))
-    if millis is not None:
-        return millis / 1000
-    raw = lowered.get("retry-after")
-    seconds = _seconds(raw)
-    if seconds is not None or raw is None:
-        return seconds
-    try:
-        when = parsedate_to_datetime(str(raw)).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
-
-
-def _seconds(raw: object) -> float | None:
-    """A non-negative finite number from a header value, else None."""
-    if raw is None:
-        return None
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
