@@ -57,6 +57,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from .ca_bundle import ca_file, ca_problems
+from .credentials import azure_credential
 from .protected_settings import is_bootstrap_name
 from .settings import SettingsError
 
@@ -472,17 +473,8 @@ class AppConfigSource:
             raise RuntimeError("App Configuration source stopped")
         with self._lock:
             if self._credential_instance is None:
-                if self.bootstrap.auth == "default":
-                    from azure.identity import DefaultAzureCredential
-
-                    self._credential_instance = DefaultAzureCredential(
-                        managed_identity_client_id=self.bootstrap.client_id, **CREDENTIAL_OPTIONS)
-                else:
-                    from azure.identity import ManagedIdentityCredential
-
-                    # ManagedIdentityCredential does not read AZURE_CLIENT_ID itself.
-                    self._credential_instance = ManagedIdentityCredential(
-                        client_id=self.bootstrap.client_id, **CREDENTIAL_OPTIONS)
+                self._credential_instance = azure_credential(self.bootstrap.auth, self.bootstrap.client_id,
+                                                             **CREDENTIAL_OPTIONS)
             return self._credential_instance
 
     def _resolve_secret(self, uri: str) -> str:

@@ -44,8 +44,13 @@ def build_credential(auth: str, client_id: str | None, retry: RetrySettings) -> 
     retries are off (``retry_total=0``) and its HTTP timeouts short: the
     caller's retry policy decides, within the invocation's deadline.
     """
-    transport_options = {"retry_total": 0, "connection_timeout": retry.connect_timeout,
-                         "read_timeout": min(retry.read_timeout, 10.0)}
+    return azure_credential(auth, client_id, retry_total=0, connection_timeout=retry.connect_timeout,
+                            read_timeout=min(retry.read_timeout, 10.0))
+
+
+def azure_credential(auth: str, client_id: str | None, **transport_options: Any) -> TokenCredentialLike:
+    """``managed_identity`` or ``default`` as an azure-identity credential (imported here, when
+    first needed), for the token cache and for App Configuration and Key Vault."""
     if auth == "managed_identity":
         from azure.identity import ManagedIdentityCredential
 
