@@ -18,16 +18,19 @@ import time
 import uuid
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
-from .appconfig import AppConfigBootstrap, AppConfigSource
 from .completion_client import CompletionClient, UpstreamResult
 from .errors import AppError, internal_error, not_configured
 from .retry import SYSTEM_CLOCK, Clock, Deadline
-from .settings import Limits, RetrySettings, Settings, SettingsError, invocation_deadline, load_settings
+from .settings import (STORE_SETTINGS, Limits, RetrySettings, Settings, SettingsError, invocation_deadline,
+                       load_settings)
 from .telemetry import NOOP, Telemetry
 from .upstream_http import UpstreamHttp, bad_response
 from .validation import parse_json_body, validate_completion_request
+
+if TYPE_CHECKING:
+    from .appconfig import AppConfigSource
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +105,12 @@ class CompletionService:
         waits for the store."""
         env = dict(os.environ if environ is None else environ)
         try:
-            bootstrap = AppConfigBootstrap.from_environ(env)
-            if bootstrap is None:
+            if not any((env.get(name) or "").strip() for name in STORE_SETTINGS):
                 return cls.from_settings(load_settings(env), clock=clock, telemetry=telemetry)
+            from .appconfig import AppConfigBootstrap, AppConfigSource  # only with a store: cold start is measured
+
+            bootstrap = AppConfigBootstrap.from_environ(env)
+            assert bootstrap is not None
         except SettingsError as exc:
             log.error("the app is not configured: %s", exc)  # names and reasons only, never values
             return cls(None, None, exc.problems, clock=clock, telemetry=telemetry)

@@ -102,6 +102,10 @@ class QueueNames(NamedTuple):
                    environ.get("COMPLETIONS_RESULT_QUEUE") or defaults.results)
 
 
+# Either names an Azure App Configuration store (shared/appconfig.py, imported only then).
+STORE_SETTINGS = ("AZURE_APPCONFIG_ENDPOINT", "AZURE_APPCONFIG_CONNECTION_STRING")
+
+
 class SettingsError(Exception):
     """One or more settings are missing or invalid; ``problems`` maps name -> reason."""
 
