@@ -59,7 +59,7 @@ from urllib.parse import urlsplit
 from .ca_bundle import ca_file, ca_problems
 from .credentials import azure_credential
 from .protected_settings import is_bootstrap_name
-from .settings import SettingsError
+from .settings import STORE_SETTINGS, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class AppConfigBootstrap:
             value = env.get(name)
             return value.strip() if value and value.strip() else None
 
-        endpoint, connection_string = text("AZURE_APPCONFIG_ENDPOINT"), text("AZURE_APPCONFIG_CONNECTION_STRING")
+        endpoint, connection_string = (text(name) for name in STORE_SETTINGS)
         if endpoint is None and connection_string is None:
             return None
         if endpoint is not None and connection_string is not None:

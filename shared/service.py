@@ -110,7 +110,8 @@ class CompletionService:
             from .appconfig import AppConfigBootstrap, AppConfigSource  # only with a store: cold start is measured
 
             bootstrap = AppConfigBootstrap.from_environ(env)
-            assert bootstrap is not None
+            if bootstrap is None:
+                return cls.from_settings(load_settings(env), clock=clock, telemetry=telemetry)
         except SettingsError as exc:
             log.error("the app is not configured: %s", exc)  # names and reasons only, never values
             return cls(None, None, exc.problems, clock=clock, telemetry=telemetry)
@@ -325,8 +326,10 @@ def shape_response(upstream: dict[str, Any], deployment: str, backend: str) -> d
 
 def _encode_answer(body: dict[str, Any]) -> str:
     """The answer's JSON. The client re-encodes a large answer to look for what JSON cannot carry
-    only when its bytes hint at it; whatever that lets through (nesting deeper than the encoder
-    goes) is refused here, not sent."""
+    only when its bytes hold ``NaN`` or ``Infinity``; what that lets through (a number too large
+    for a float, such as ``1e400``, which reads as inf; nesting deeper than the encoder goes) is
+    refused here, as 502 at once: the attempt already counted as the backend's success, so there
+    is no failover. Azure OpenAI sends neither."""
     try:
         return json.dumps(body, allow_nan=False)
     except (ValueError, RecursionError):

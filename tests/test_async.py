@@ -160,6 +160,18 @@ def test_odd_upstream_bodies_get_a_coded_error_never_a_500(configure_app, emulat
     assert "-page-e7" not in caplog.text, caplog.text[-2000:]  # bodies are not logged
 
 
+def test_a_large_answer_the_scan_cannot_see_into_is_still_a_coded_502(configure_app, emulators):
+    """Over 256 KiB the client looks for NaN/Infinity in the raw bytes only; a number no float
+    can hold (1e400 reads as inf) gets past it, and the service's encoding refuses it: 502 at
+    once (the attempt counted as a success: no retry), never a 500 and never an inf sent on."""
+    configure_app(AZURE_OPENAI_MAX_RETRIES="1")
+    body = b'{"choices": [{"text": "' + b"x" * 300_000 + b'", "logprobs": {"token_logprobs": [1e400]}}], "usage": {}}'
+    emulators.openai_control.faults(_raw(200, body))
+    reply = post_completions(SEED)
+    assert reply.status == 502 and reply.body["error"]["code"] == "upstream_bad_response", reply.body
+    assert upstream_attempts(emulators) == 1
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 def test_a_response_over_the_size_limit_is_refused_without_reading_it(configure_app, emulators, chunked):
     configure_app(AZURE_OPENAI_MAX_RESPONSE_BYTES=str(1024 * 1024), AZURE_OPENAI_MAX_RETRIES="0")

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from shared.backends import retry_after
+from shared.completion_client import error_for_status
 from shared.retry import RetryPolicy
 
 POLICY = RetryPolicy(max_retries=3, backoff_base=0.5, backoff_cap=8.0, min_attempt=0.1)
@@ -59,3 +60,10 @@ def test_a_wait_is_taken_only_if_an_attempt_fits_after_it(wait, remaining, expec
 def test_retry_after_has_one_grammar(headers, seconds):
     """The caller's Retry-After and the pool's cooldowns read the same headers the same way."""
     assert retry_after(headers, now=784_887_141.0) == seconds
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_the_callers_retry_after_uses_the_same_reading(status):
+    assert error_for_status(status, {"Retry-After": "7"}, {}).retry_after == 7
+    assert error_for_status(status, {"retry-after-ms": "250", "Retry-After": "7"}, {}).retry_after == 0.25
+    assert error_for_status(status, {"Retry-After": "1e3"}, {}).retry_after is None  # as the pool reads it
