@@ -96,6 +96,13 @@ class AppConfigBootstrap:
         return "AZURE_APPCONFIG_ENDPOINT" if self.endpoint else "AZURE_APPCONFIG_CONNECTION_STRING"
 
     @property
+    def store_url(self) -> str:
+        """The store's endpoint, from AZURE_APPCONFIG_ENDPOINT or the connection string."""
+        if self.endpoint:
+            return self.endpoint
+        return _connection_string_parts(self.connection_string or "").get("Endpoint", "")
+
+    @property
     def trimmed_sentinel(self) -> str | None:
         """The sentinel's name after prefix trimming, when it lies under the prefix."""
         return self.sentinel[len(self.key_prefix):] if self.sentinel.startswith(self.key_prefix) else None
@@ -165,8 +172,12 @@ def _store_url(value: str, name: str, problems: dict[str, str]) -> str:
     return value.rstrip("/")
 
 
+def _connection_string_parts(value: str) -> dict[str, str]:
+    return dict(segment.strip().split("=", 1) for segment in value.split(";") if "=" in segment)
+
+
 def _connection_string_valid(value: str) -> bool:
-    parts = dict(segment.strip().split("=", 1) for segment in value.split(";") if "=" in segment)
+    parts = _connection_string_parts(value)
     if len(value.split(";")) != 3 or set(parts) != {"Endpoint", "Id", "Secret"} or not all(parts.values()):
         return False
     problems: dict[str, str] = {}
@@ -486,9 +497,8 @@ class AppConfigSource:
         if client is None:
             client = SecretClient(
                 identifier.vault_url, self._credential(), connection_verify=self.bootstrap.ca_file or True,
-                # Key Vault's challenge names https://vault.azure.net; only a loopback stand-in
-                # may answer for a host outside that domain.
-                verify_challenge_resource=not _is_loopback(identifier.vault_url), **CLIENT_OPTIONS)
+                verify_challenge_resource=verify_vault_challenge(self.bootstrap.store_url, identifier.vault_url),
+                **CLIENT_OPTIONS)
             self._secret_clients[identifier.vault_url] = client
         try:
             return client.get_secret(identifier.name, version=identifier.version).value
@@ -520,6 +530,14 @@ def _is_azure_error(exc: BaseException) -> bool:
     from azure.core.exceptions import AzureError
 
     return isinstance(exc, AzureError)
+
+
+def verify_vault_challenge(store_url: str, vault_url: str) -> bool:
+    """Whether the Key Vault client must check that the vault's auth challenge names a Key
+    Vault resource. Always, except for local stand-ins: a vault on loopback referenced from a
+    store on loopback (development). The reference comes from the store, so a store in Azure
+    naming a loopback "vault" must not get a token for whatever resource that listener names."""
+    return not (_is_loopback(store_url) and _is_loopback(vault_url))
 
 
 def _is_loopback(url: str) -> bool:

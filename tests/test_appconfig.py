@@ -276,6 +276,15 @@ def test_ca_settings_are_read_in_order_and_checked(tmp_path):
     assert ca_file({"REQUESTS_CA_BUNDLE": str(pem), "SSL_CERT_FILE": "/other"}) == str(pem)
     assert ca_problems({"SSL_CERT_FILE": str(tmp_path / "missing.pem")}) == {
         "SSL_CERT_FILE": "must name a readable file of PEM certificates"}
+    # the marker alone is not a certificate: with a store, the 503 names the setting, not the store
+    assert ca_problems({"SSL_CERT_FILE": str(pem)}) == {"SSL_CERT_FILE": "must name a readable file of PEM certificates"}
+    from shared.appconfig import AppConfigBootstrap
+    from shared.settings import SettingsError
+
+    with pytest.raises(SettingsError) as caught:
+        AppConfigBootstrap.from_environ({"AZURE_APPCONFIG_ENDPOINT": "https://s.azconfig.io",
+                                         "REQUESTS_CA_BUNDLE": str(pem)})
+    assert set(caught.value.problems) == {"REQUESTS_CA_BUNDLE"}
 
 
 def test_json_values_reach_apply_as_json_text(standins, make_source):
@@ -574,6 +583,26 @@ def test_the_vault_challenges_first_then_serves_the_current_version(standins):
     assert client.get_secret("openai-api-key").value == "rotated"
     assert client.get_secret("openai-api-key", versions["openai-api-key"]).properties.version == versions[
         "openai-api-key"]
+
+
+def test_only_a_store_on_loopback_may_point_at_a_vault_that_fails_the_challenge_check(standins):
+    """A Key Vault reference comes from the store: one in Azure naming a loopback "vault" must not
+    get a token for whatever resource that listener's challenge names (the stand-in names
+    https://vault.azure.net, which a loopback host does not match: the real client refuses)."""
+    from azure.identity import ManagedIdentityCredential
+    from azure.keyvault.secrets import SecretClient
+
+    from shared.appconfig import AppConfigBootstrap, verify_vault_challenge
+
+    azure_store = AppConfigBootstrap(endpoint=None, connection_string="Endpoint=https://s.azconfig.io;Id=i;Secret=c")
+    assert azure_store.store_url == "https://s.azconfig.io"
+    assert verify_vault_challenge(azure_store.store_url, standins.vault_url)
+    assert verify_vault_challenge(standins.endpoint, "https://v.vault.azure.net")
+    assert not verify_vault_challenge(standins.endpoint, standins.vault_url)  # local development
+    client = SecretClient(standins.vault_url, ManagedIdentityCredential(), connection_verify=standins.ca_file,
+                          verify_challenge_resource=verify_vault_challenge(azure_store.store_url, standins.vault_url))
+    with pytest.raises(ValueError, match="does not match"):
+        client.get_secret("openai-api-key")
 
 
 def test_control_api_changes_values_and_reports_stats(standins):
