@@ -10,6 +10,7 @@ for ``SSL_CERT_FILE`` alone to work. None means the library's default roots.
 from __future__ import annotations
 
 import os
+import ssl
 from typing import Mapping
 
 CA_SETTINGS = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
@@ -26,16 +27,16 @@ def ca_file(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def ca_problems(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The CA setting in force, by name, when it does not name a readable file of PEM
-    certificates (read once, when settings are loaded)."""
+    """The CA setting in force, by name, when it does not name a file of PEM certificates
+    OpenSSL can load (loaded once, when settings are: the App Configuration and Key Vault
+    clients, and the Azure OpenAI transport, all trust that file)."""
     env = os.environ if environ is None else environ
     for name in CA_SETTINGS:
         value = (env.get(name) or "").strip()
         if value:
             try:
-                with open(value, "rb") as file:
-                    pem = b"-----BEGIN CERTIFICATE-----" in file.read(16 * 1024 * 1024)
-            except OSError:
-                pem = False
-            return {} if pem else {name: "must name a readable file of PEM certificates"}
+                ssl.create_default_context(cafile=value)
+            except (OSError, ValueError):  # missing, unreadable, or no certificate OpenSSL accepts
+                return {name: "must name a readable file of PEM certificates"}
+            return {}
     return {}
