@@ -277,7 +277,8 @@ def test_ca_settings_are_read_in_order_and_checked(tmp_path):
     assert ca_problems({"SSL_CERT_FILE": str(tmp_path / "missing.pem")}) == {
         "SSL_CERT_FILE": "must name a readable file of PEM certificates"}
     # the marker alone is not a certificate: with a store, the 503 names the setting, not the store
-    assert ca_problems({"SSL_CERT_FILE": str(pem)}) == {"SSL_CERT_FILE": "must name a readable file of PEM certificates"}
+    assert ca_problems({"SSL_CERT_FILE": str(pem)}) == {
+        "SSL_CERT_FILE": "must name a readable file of PEM certificates"}
     from shared.appconfig import AppConfigBootstrap
     from shared.settings import SettingsError
 
