@@ -260,9 +260,6 @@ class AppConfigSource:
         self._refresh_error: BaseException | None = None
         self.first_attempt: Future = Future()
         self.first_attempt.set_running_or_notify_cancel()  # a running future cannot be cancelled by a waiter
-        self.counters = {"load_attempts": 0, "load_failures": 0, "refresh_checks": 0, "refreshes_applied": 0,
-                         "refreshes_rejected": 0, "refresh_failures": 0, "refreshes_skipped": 0}
-        self.timings: dict[str, float | None] = {"last_load_seconds": None, "last_check_seconds": None}
 
     # -- the interface ---------------------------------------------------------------
     def start(self) -> None:
@@ -320,8 +317,6 @@ class AppConfigSource:
     def _load_loop(self) -> None:
         failures = 0
         while not self._stopped.is_set():
-            self.counters["load_attempts"] += 1
-            started = time.perf_counter()
             loaded = False
             try:
                 loaded = self._first_values(self._load())
@@ -330,13 +325,11 @@ class AppConfigSource:
                 self._state = LoadState("failed", reason, {self.bootstrap.store_setting: reason})
                 self._report_error(reason, "load", _describe(exc))
             finally:
-                self.timings["last_load_seconds"] = time.perf_counter() - started
                 if not self.first_attempt.done():  # whatever happened, waiters learn the state
                     self.first_attempt.set_result(self._state)
             if loaded:
                 return
             failures += 1
-            self.counters["load_failures"] += 1
             delay = self._backoff.delay(failures, self._rand)
             log.debug("App Configuration: next load attempt in %.1f s", delay)
             self._wait(delay)
@@ -398,19 +391,12 @@ class AppConfigSource:
         self._refresh_error = error
 
     def _run_refresh(self, future: Future) -> None:
-        started = time.perf_counter()
         outcome = "failed"
         try:
             outcome = self._check()
         except Exception as exc:  # noqa: BLE001 - e.g. a malformed Key Vault reference: logged, retried
             self._report_error(_reason(exc), "refresh", _describe(exc))
         finally:
-            self.timings["last_check_seconds"] = time.perf_counter() - started
-            key = {"applied": "refreshes_applied", "rejected": "refreshes_rejected", "failed": "refresh_failures",
-                   "skipped": "refreshes_skipped"}.get(outcome)
-            self.counters["refresh_checks"] += 1
-            if key:
-                self.counters[key] += 1
             with self._lock:
                 self._refresh = None
             future.set_result(outcome)

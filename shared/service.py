@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -84,6 +85,7 @@ class CompletionService:
         self._app_settings: Mapping[str, str] = {}
         self._first_load_wait = RetrySettings.deadline  # how long a request may wait for the store's first load
         self._retired: list[tuple[float, UpstreamHttp]] = []  # replaced transports, closed once drained
+        self._retired_due = math.inf  # the earliest of those times: requests look at this only
         self._retired_lock = threading.Lock()  # appended to on the store's thread, drained on the loop's
 
     @property
@@ -136,6 +138,7 @@ class CompletionService:
             drained_at = self._clock.monotonic() + (previous.settings.retry.deadline if previous.settings else 0)
             with self._retired_lock:
                 self._retired.append((drained_at, old.http))
+                self._retired_due = min(self._retired_due, drained_at)
         _configure_logging(settings)
         self._pipeline = Pipeline(settings, client, {}, self._clock.time())  # one assignment: atomic
 
@@ -144,7 +147,7 @@ class CompletionService:
         if self._source is not None:
             self._source.stop()
         with self._retired_lock:
-            retired, self._retired = self._retired, []
+            retired, self._retired, self._retired_due = self._retired, [], math.inf
         for _, http in retired:
             await http.aclose()
         if self._pipeline.client is not None:
@@ -196,7 +199,7 @@ class CompletionService:
                     await asyncio.wait_for(asyncio.wrap_future(source.first_attempt), max(0.0, left))
                 except TimeoutError:
                     pass
-        if self._retired:
+        if self._retired_due <= self._clock.monotonic():
             await self._close_drained()
         pipeline = self._pipeline
         if pipeline.settings is None:
@@ -208,6 +211,7 @@ class CompletionService:
         with self._retired_lock:
             drained = [http for when, http in self._retired if when <= now]
             self._retired = [(when, http) for when, http in self._retired if when > now]
+            self._retired_due = min((when for when, _ in self._retired), default=math.inf)
         for http in drained:
             await http.aclose()
 
