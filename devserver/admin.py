@@ -24,8 +24,8 @@ from typing import Callable
 from aiohttp import web
 
 from .bindings import QueueOutputs
-from .functions import TRIGGER_EVENT_GRID, TRIGGER_HTTP, TRIGGER_QUEUE, Function, Invoker, event_grid_event, \
-    queue_message
+from .functions import (TRIGGER_EVENT_GRID, TRIGGER_HTTP, TRIGGER_QUEUE, Function, InvalidEvent, Invoker,
+                        event_grid_event, queue_message)
 from .keys import FunctionKeys
 from .server import json_error, read_body
 
@@ -105,7 +105,10 @@ class AdminApi:
                 return json_error(400, "invalid_event", "An Event Grid function's input must be an event (JSON).")
             if not isinstance(event, dict):
                 return json_error(400, "invalid_event", "An Event Grid function's input must be a JSON object.")
-            trigger = event_grid_event(event)
+            try:
+                trigger = event_grid_event(event)
+            except InvalidEvent as error:
+                return json_error(400, "invalid_event", str(error))
         else:  # pragma: no cover - other triggers are never served, so always in self._unserved
             return json_error(409, "not_served", f"'{function.name}' is not served here.")
         task = asyncio.create_task(self._run(function, trigger))

@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Any
 
 from aiohttp import web
 
 from .bindings import QueueOutputs
-from .functions import TRIGGER_EVENT_GRID, Function, Invoker, event_grid_event
+from .functions import TRIGGER_EVENT_GRID, Function, InvalidEvent, Invoker, event_grid_event
 from .keys import FunctionKeys
 from .server import json_error, read_body
 
@@ -98,14 +99,18 @@ class EventGridWebhook:
         events = document if isinstance(document, list) else [document]
         if not all(isinstance(event, dict) for event in events):
             return json_error(400, "invalid_event", "Each event must be a JSON object.")
-        results = await asyncio.gather(*(self._deliver(function, event) for event in events))
+        try:  # every event readable before any runs: a bad one fails the delivery, not half of it
+            triggers = [event_grid_event(event) for event in events]
+        except InvalidEvent as error:
+            return json_error(400, "invalid_event", str(error))
+        results = await asyncio.gather(*(self._deliver(function, trigger) for trigger in triggers))
         if not all(results):
             return json_error(500, "function_failed", f"'{name}' failed for {results.count(False)} of "
                                                       f"{len(results)} events; Event Grid would deliver them again")
         return web.Response(status=202)
 
-    async def _deliver(self, function: Function, event: dict) -> bool:
-        invocation = await self._invoker.invoke(function, event_grid_event(event), "EventGrid trigger fired")
+    async def _deliver(self, function: Function, trigger: Any) -> bool:
+        invocation = await self._invoker.invoke(function, trigger, "EventGrid trigger fired")
         if not invocation.succeeded:
             return False
         if self._outputs is not None:

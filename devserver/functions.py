@@ -69,6 +69,10 @@ class Function:
         for binding in self.bindings:
             if binding is not self.trigger and str(binding.get("direction", "")).upper() == "IN":
                 return f"{binding.get('type')} input bindings are not served by the dev host (use `func start`)"
+            if binding.get("type") in ("queue", "queueTrigger") and (binding.get("connection") or
+                                                                     "AzureWebJobsStorage") != "AzureWebJobsStorage":
+                return (f"its queues use the connection {binding['connection']!r}; the dev host serves "
+                        "AzureWebJobsStorage only (use `func start`)")
         # The worker passes an optional ``context`` (func.Context) when the function declares it.
         provided = {b["name"] for b in self.bindings if b.get("name") != "$return"} | {"context"}
         extra = [p for p in inspect.signature(self.user_function).parameters if p not in provided]
@@ -192,7 +196,15 @@ def queue_message(body: bytes, *, id: str | None, dequeue_count: int | None, ins
     return QueueMessageInConverter.decode(Datum(text, "string"), trigger_metadata=metadata)
 
 
+class InvalidEvent(ValueError):
+    """An event the worker's converter cannot build (e.g. an ``eventTime`` that is not a time)."""
+
+
 def event_grid_event(event: Any) -> func.EventGridEvent | func.CloudEvent:
     """One event of a delivery, as the worker builds it: a ``func.CloudEvent`` when the
-    event has ``specversion`` (CloudEvents 1.0), a ``func.EventGridEvent`` otherwise."""
-    return EventGridEventInConverter.decode(Datum(json.dumps(event), "json"), trigger_metadata={})
+    event has ``specversion`` (CloudEvents 1.0), a ``func.EventGridEvent`` otherwise.
+    InvalidEvent when the converter refuses it."""
+    try:
+        return EventGridEventInConverter.decode(Datum(json.dumps(event), "json"), trigger_metadata={})
+    except (ValueError, TypeError) as exc:
+        raise InvalidEvent(f"The event cannot be read ({type(exc).__name__}: check eventTime/time).") from None

@@ -236,7 +236,7 @@ class DevHost:
         found = self.http.find(path, request.method)
         if found is None:
             raw = "/" + request.raw_path.split("?", 1)[0].lstrip("/")
-            found = self.http.find(raw, request.method)
+            found = self.http.find(raw, request.method, encoded=True)
         if found is None:
             return web.Response(status=404)
         return await self.http.handle(request, *found)

@@ -57,9 +57,13 @@ class Route:
     methods: tuple[str, ...]
     pattern: re.Pattern
 
-    def match(self, path: str) -> dict[str, str] | None:
+    def match(self, path: str, *, encoded: bool = False) -> dict[str, str] | None:
+        """Route values, when ``path`` matches; ``encoded``: the path is still percent-encoded
+        (the raw path, tried for an encoded ``/``), so the values are decoded here, once."""
         found = self.pattern.fullmatch(path)
-        return None if found is None else {k: unquote(v) for k, v in found.groupdict().items() if v is not None}
+        if found is None:
+            return None
+        return {k: unquote(v) if encoded else v for k, v in found.groupdict().items() if v is not None}
 
 
 def route_for(function: Function, prefix: str) -> Route:
@@ -80,9 +84,9 @@ class HttpTriggers:
         self._max_outstanding = options.max_outstanding_requests
         self._slots = asyncio.Semaphore(options.max_concurrent_requests) if options.max_concurrent_requests else None
 
-    def find(self, path: str, method: str) -> tuple[Route, dict[str, str]] | None:
+    def find(self, path: str, method: str, *, encoded: bool = False) -> tuple[Route, dict[str, str]] | None:
         for route in self.routes:
-            params = route.match(path)
+            params = route.match(path, encoded=encoded)
             if params is not None and method in route.methods:
                 return route, params
         return None

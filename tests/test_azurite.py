@@ -343,6 +343,22 @@ def test_event_grid_events_and_cloud_events_reach_the_function_as_such(probe):
     assert validation.json() == {"validationResponse": "cloud-code"}
 
 
+def test_an_unreadable_event_fails_its_delivery_before_any_event_runs(probe):
+    """An eventTime the worker's converter refuses is a coded 400 for the whole delivery (nothing of
+    it run, so a redelivery duplicates nothing), on the webhook as on the admin API."""
+    url = f"{probe.url}/runtime/webhooks/EventGrid?functionName=probe_event&code={KEY}"
+    bad = dict(event("eg-bad", {"n": 0}), eventTime="garbage")
+    refused = requests.post(url, headers={"aeg-event-type": "Notification"}, json=[event("eg-10", {"n": 1}), bad],
+                            timeout=10)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_event", refused.text
+    admin = requests.post(f"{probe.url}/admin/functions/probe_event", headers={"x-functions-key": KEY},
+                          json={"input": json.dumps(bad)}, timeout=10)
+    assert admin.status_code == 400 and admin.json()["error"]["code"] == "invalid_event", admin.text
+    assert requests.post(url, headers={"aeg-event-type": "Notification"}, json=[event("eg-11", {"n": 2})],
+                         timeout=10).status_code == 202
+    assert [report["id"] for report in probe_reports(probe, 1)] == ["eg-11"]  # eg-10 never ran
+
+
 def test_function_keys_are_checked_when_set(probe):
     hello = f"{probe.url}/api/hello"
     assert requests.get(hello, timeout=10).status_code == 401
@@ -357,6 +373,12 @@ def test_function_keys_are_checked_when_set(probe):
     assert requests.get(f"{probe.url}/admin/functions", timeout=10).status_code == 401
     assert requests.get(f"{probe.url}/admin/functions", headers={"x-functions-key": KEY},
                         timeout=10).status_code == 200
+
+
+def test_route_values_are_percent_decoded_once(probe):
+    open_ = f"{probe.url}/api/open"
+    assert requests.get(f"{open_}/%2541", timeout=10).json()["name"] == "%41"  # as ASP.NET routing gives it
+    assert requests.get(f"{open_}/a%2Fb", timeout=10).json()["name"] == "a/b"  # an encoded / stays in the value
 
 
 def test_stopping_the_dev_host_stops_the_azurite_it_started(probe):

@@ -468,6 +468,21 @@ def test_every_function_of_the_app_can_be_served(declared_functions):
     assert functions["completion_from_queue"].queue_names() == {"completion-requests", "completion-results"}
 
 
+def test_a_queue_on_another_connection_is_not_served_rather_than_polled_on_the_wrong_account():
+    other = func.FunctionApp()
+
+    @other.queue_trigger(arg_name="msg", queue_name="q", connection="OtherStorage")
+    async def elsewhere(msg: func.QueueMessage) -> None:
+        pass
+
+    @other.queue_trigger(arg_name="msg", queue_name="q2", connection="AzureWebJobsStorage")
+    async def here(msg: func.QueueMessage) -> None:
+        pass
+
+    reasons = {f.name: f.unserved_reason() for f in index(other.get_functions())}
+    assert reasons["here"] is None and "'OtherStorage'" in reasons["elsewhere"]
+
+
 # -- the queue listener's algorithm, against an in-memory queue service --------------------------------
 class FakeQueue:
     """Enough of azure-storage-queue's async QueueClient for the listener; visibility runs
