@@ -39,6 +39,7 @@ only when instances are many and each sees too few answers to learn in time.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -118,8 +119,8 @@ class _JSONObject(dict):
 def _object(pairs: list[tuple[str, Any]]) -> _JSONObject:
     result = _JSONObject(pairs)
     if len(result) != len(pairs):
-        keys = [key for key, _ in pairs]
-        result.duplicates = tuple(sorted({key for key in keys if keys.count(key) > 1}))
+        counts = collections.Counter(key for key, _ in pairs)
+        result.duplicates = tuple(sorted(key for key, count in counts.items() if count > 1))
     return result
 
 
@@ -351,7 +352,7 @@ class Recovery(NamedTuple):
 class _Backend:
     """One backend's mutable state; only touched under the pool's lock."""
 
-    __slots__ = ("settings", "current", "ready_at", "kind", "long_logged", "error_logged",
+    __slots__ = ("settings", "current", "ready_at", "kind", "cause", "long_logged", "error_logged",
                  "requests_left", "requests_until", "tokens_left", "tokens_until")
 
     def __init__(self, settings: BackendSettings, current: float) -> None:
@@ -359,6 +360,7 @@ class _Backend:
         self.current = current  # smooth weighted round-robin
         self.ready_at = -math.inf  # monotonic time its cooldown ends
         self.kind: str | None = None  # why it is (or last was) cooling
+        self.cause: Any = None  # and the failure that set that cooldown, as the caller recorded it
         self.long_logged = False  # this long cooldown has been logged
         self.error_logged = False  # this misconfiguration has been logged (until a success)
         self.requests_left: int | None = None
@@ -465,7 +467,7 @@ class BackendPool:
 
     def record_failure(self, backend: BackendSettings | str, kind: FailureKind,
                        headers: Mapping[str, str] | None = None, *, detail: str | None = None,
-                       default_cooldown: float = DEFAULT_COOLDOWN) -> float:
+                       default_cooldown: float = DEFAULT_COOLDOWN, cause: Any = None) -> float:
         """Cool ``backend`` after a failure; returns the seconds until it is ready again.
 
         ``throttled``: a 429. ``unavailable``: a 503 (pass its headers), or 500, 502, 504, a
@@ -473,7 +475,8 @@ class BackendPool:
         else ``default_cooldown`` (10 s; a client with a pool of one may pass its own backoff
         instead, so a lone backend is retried as soon as before). ``misconfigured``: 401, 403,
         404: 60 s, headers ignored. ``detail`` (e.g. "HTTP 404 DeploymentNotFound") goes into
-        the log lines; never put a URL or a key in it. A cooldown never shortens one in progress."""
+        the log lines; never put a URL or a key in it. ``cause`` is kept with the cooldown it set
+        (``cooling_causes``). A cooldown never shortens one in progress."""
         if kind not in FAILURE_KINDS:
             raise ValueError(f"kind must be one of {FAILURE_KINDS}")
         now = self._clock()
@@ -490,7 +493,7 @@ class BackendPool:
             if state.ready_at <= now:  # a new episode
                 state.long_logged = False
             if now + seconds >= state.ready_at:
-                state.ready_at, state.kind = now + seconds, kind
+                state.ready_at, state.kind, state.cause = now + seconds, kind, cause
             state.forget_headroom()  # the cooldown says more than any count it reported
             if kind == "misconfigured" and not state.error_logged:
                 state.error_logged = True
@@ -522,6 +525,12 @@ class BackendPool:
             seconds = min(s.ready_at for s in usable) - now
             all_throttled = all(s.kind == "throttled" for s in usable)
         return Recovery(seconds, all_throttled)
+
+    def cooling_causes(self) -> list[Any]:
+        """The ``cause`` recorded with each backend's cooldown in progress (None where none was)."""
+        now = self._clock()
+        with self._lock:
+            return [s.cause for s in self._states if s.ready_at > now]
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Each backend by name, for the health endpoint: never an endpoint URL or a key."""

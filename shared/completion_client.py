@@ -106,8 +106,8 @@ class CompletionClient:
                  rng: random.Random | None = None, telemetry: Telemetry = NOOP,
                  previous: "CompletionClient | None" = None) -> None:
         """``previous``: the client these settings replace; its concurrency slots carry over when
-        the limit is the same (invocations in flight on it still count against this one), and
-        its backends' last failures, for the backends the pool keeps."""
+        the limit is the same (invocations in flight on it still count against this one). (What
+        cooled each backend lives in the pool, which carries over when the backends are the same.)"""
         self._targets = {}
         for backend in backends:
             if (backend.identity is None) == (backend.identity in tokens):
@@ -123,8 +123,6 @@ class CompletionClient:
                                           max_response_bytes=retry.max_response_bytes)
         same_limit = previous is not None and previous._retry.max_concurrency == retry.max_concurrency
         self._slots = previous._slots if same_limit else _PerLoop(retry.max_concurrency)
-        # each backend's last failure (what cooled it)
-        self._failures: dict[str, AppError] = dict(previous._failures) if previous and pool is previous.pool else {}
         self._telemetry = telemetry
 
     @property
@@ -213,11 +211,14 @@ class CompletionClient:
                     log.info("request_id=%s: backend %s refused the token (HTTP 401); retrying at once with a "
                              "new one", request_id, backend.name)
                     continue
+                # Upstream's wait when it named one; else 10 s for a pool, or, for a pool of one,
+                # none: each caller then waits its own jittered backoff (_wait_for_recovery), as
+                # callers of a single endpoint always have, rather than all at the longest drawn.
                 cooldown = error.retry_after if error.retry_after is not None else \
-                    self._policy.backoff(rounds + 1, self._rng) if len(self.pool) == 1 else DEFAULT_COOLDOWN
-                self.pool.record_failure(backend, kind, error.upstream_headers, default_cooldown=cooldown,
+                    0.0 if len(self.pool) == 1 else DEFAULT_COOLDOWN
+                self.pool.record_failure(backend, kind, error.upstream_headers if error.upstream_status in (429, 503)
+                                         else None, default_cooldown=cooldown, cause=error,
                                          detail=f"{error.code}, HTTP {error.upstream_status or '-'}")
-                self._failures[backend.name] = error
                 # INFO, per attempt: an outage fails every caller's attempts at once, and the lines
                 # an operator acts on are the pool's and the token cache's, once per episode.
                 log.info("request_id=%s: attempt %d to backend %s failed (%s, HTTP %s)", request_id, attempts,
@@ -235,7 +236,7 @@ class CompletionClient:
         said, as they always have); else None, and the pool's state decides."""
         if recovery is None:
             return None
-        cooling = [self._failures.get(entry["name"]) for entry in self.pool.snapshot() if entry["state"] != "ready"]
+        cooling = self.pool.cooling_causes()
         failure = cooling[0] if cooling else None
         if failure is None or any(other is None or other.code != failure.code for other in cooling):
             return None
@@ -248,9 +249,9 @@ class CompletionClient:
         waiting for, or the policy says the budget or the deadline does not allow it."""
         if recovery is not None and recovery.misconfigured:
             return None
-        if last is not None and not last.retryable and _pool_failure(last) != "misconfigured":
-            return None
         wait = 0.0 if recovery is None else recovery.seconds
+        if len(self.pool) == 1 and last is not None and last.retry_after is None:
+            wait = max(wait, self._policy.backoff(rounds + 1, self._rng))  # its own, jittered (see the cooldown)
         return self._policy.next_round(rounds, wait, deadline.remaining(), attempted=last is not None)
 
     async def _attempt(self, target: _Target, params: dict[str, Any], deadline: Deadline,

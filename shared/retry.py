@@ -66,9 +66,9 @@ class RetryPolicy:
     def next_round(self, rounds_done: int, wait: float, remaining: float, *, attempted: bool) -> float | None:
         """Seconds to wait before round ``rounds_done + 1`` (``wait``: until a backend is ready
         again), or None to stop now: the retry budget is spent (a request that has made no
-        attempt yet, having found nothing ready, may wait once), or the wait would leave less
-        than ``min_attempt`` of the deadline."""
-        if attempted and rounds_done >= self.max_retries:
+        attempt yet, having found nothing ready, may wait once even with a budget of 0), or the
+        wait would leave less than ``min_attempt`` of the deadline."""
+        if rounds_done >= (self.max_retries if attempted else max(1, self.max_retries)):
             return None
         if wait + self.min_attempt >= remaining:
             return None

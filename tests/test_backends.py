@@ -317,6 +317,16 @@ def test_requested_wait_reads_any_header_mapping():
     assert requested_wait({"Retry-After": "Tue, 15 Nov 1994 08:12:31"}, now=784_887_141.0) == 10.0  # no zone: UTC
 
 
+def test_the_cause_kept_is_the_one_that_set_the_cooldown_in_progress():
+    clock = Clock()
+    pool = pool_of(backend("a"), backend("b"), clock=clock)
+    pool.record_failure("a", "throttled", {"Retry-After": "40"}, cause="429 for 40 s")
+    pool.record_failure("a", "unavailable", cause="a late 500")  # 10 s: shorter, so not what cools it
+    assert pool.cooling_causes() == ["429 for 40 s"]
+    clock.advance(40)
+    assert pool.cooling_causes() == []
+
+
 def test_unavailable_cools_for_ten_seconds_unless_a_503_says_otherwise():
     clock = Clock()
     pool = pool_of(backend("a"), backend("b"), clock=clock)

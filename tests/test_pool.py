@@ -118,6 +118,19 @@ def test_an_unavailable_and_a_throttled_backend_answer_503_when_nothing_fits(poo
     assert reply.headers["Retry-After"] == "10"  # west's 10 s cooldown ends first
 
 
+def test_a_caller_finding_nothing_ready_hears_what_cooled_the_backends(pool, regions, clock):
+    """Both backends cooled by a 500: a caller that finds neither ready gets that failure (502
+    upstream_error), not a generic 503 (test_backends: a later failure does not replace the
+    cause of a longer cooldown already running)."""
+    pool({"name": "east"}, {"name": "west"}, AZURE_OPENAI_DEADLINE="2")
+    regions["east"].openai_control.faults({"status": 500})
+    regions["west"].openai_control.faults({"status": 500})
+    post_completions(SEED)
+    reply = post_completions(SEED)
+    assert reply.status == 502 and reply.body["error"]["code"] == "upstream_error", reply.body
+    assert served(regions) == {"east": 1, "west": 1, "north": 0}  # (nothing ready: no call made)
+
+
 def test_headroom_moves_traffic_before_the_429s(pool, regions):
     pool({"name": "east", "priority": 1}, {"name": "west", "priority": 2})
     regions["east"].openai_control.config(rpm=3)

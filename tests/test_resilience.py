@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import time
 
@@ -18,7 +19,7 @@ import pytest
 from app_client import LOOP, SEED, post_completions, post_many
 from shared.completion_client import CompletionClient
 from shared.errors import AppError
-from shared.retry import Deadline
+from shared.retry import Clock, Deadline
 
 FAST = {"AZURE_OPENAI_TIMEOUT": "0.5", "AZURE_OPENAI_CONNECT_TIMEOUT": "0.5", "AZURE_OPENAI_DEADLINE": "6"}
 SLACK = 1.5  # seconds of scheduling noise tolerated on top of a bound
@@ -133,6 +134,41 @@ def test_transient_failure_every_time(configure_app, emulators, clock, case):
     assert_outcome(reply, status, code)
     assert upstream_attempts(emulators) == 3
     assert len(clock.slept) == 2 and clock.slept[0] <= 0.5 and clock.slept[1] <= 1.0  # full-jitter ceilings
+
+
+def test_a_single_backend_s_failing_callers_each_retry_after_their_own_backoff(configure_app, emulators):
+    """Full jitter spreads the retries of callers that failed together. (A cooldown shared by
+    the pool of one, set to the longest backoff drawn so far, had them wait for running maxima:
+    a handful of distinct waits among 20.) The clock stands still, so waits are exact."""
+    settings = configure_app(auth="key", **FAST, AZURE_OPENAI_MAX_RETRIES="10").settings
+    clock = _StillClock()
+    client = CompletionClient(settings.backends, settings.retry, {}, clock=clock, rng=random.Random(7))
+    inject(emulators, *[{"status": 500}] * 20)
+
+    async def scenario():
+        try:
+            return await asyncio.gather(*(client.complete({"prompt": "x"}, Deadline(60, clock), "r")
+                                          for _ in range(20)), return_exceptions=True)
+        finally:
+            await client.http.aclose()
+
+    results = LOOP.run(scenario())
+    assert len(results) == 20 and len(clock.slept) >= 20  # (retries are instant here: one may meet another's fault)
+    assert len(set(clock.slept)) >= 0.9 * len(clock.slept), sorted(clock.slept)
+
+
+class _StillClock(Clock):
+    """Monotonic time that never moves; sleeps are recorded and skipped."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return 1000.0
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await asyncio.sleep(0)
 
 
 # -- slow upstream and the deadline ----------------------------------------------------

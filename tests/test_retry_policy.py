@@ -28,7 +28,20 @@ def test_rounds_stop_when_the_budget_is_spent():
 def test_a_request_that_found_nothing_ready_may_wait_once_whatever_the_budget():
     """It has made no attempt: its wait is for the pool's recovery, not a retry."""
     assert RetryPolicy(max_retries=0).next_round(0, 2.0, 60, attempted=False) == 2.0
+    assert RetryPolicy(max_retries=0).next_round(1, 2.0, 60, attempted=False) is None  # once
     assert RetryPolicy(max_retries=0).next_round(0, 2.0, 60, attempted=True) is None
+    assert POLICY.next_round(3, 2.0, 60, attempted=False) is None  # else the budget bounds it too
+
+
+@pytest.mark.parametrize("params, tokens", [
+    ({"prompt": "x"}, 16),  # max_tokens defaults to 16
+    ({"prompt": "x", "max_tokens": 100, "n": 3}, 300),
+    ({"prompt": ["a", "b"], "max_tokens": 10, "n": 2, "best_of": 5}, 100),  # best_of choices are generated
+])
+def test_a_request_reserves_max_tokens_for_each_choice_of_each_prompt(params, tokens):
+    from shared.completion_client import _tokens_needed
+
+    assert _tokens_needed(params) == tokens
 
 
 @pytest.mark.parametrize("wait, remaining, expected", [
