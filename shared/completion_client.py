@@ -173,7 +173,7 @@ class CompletionClient:
                     raise _given_up(last or self._pool_answer(recovery), recovery, attempts, upstream_seconds)
                 rounds += 1
                 tried.clear()
-                self._telemetry.retry_wait(wait, last.code if last else None)
+                self._telemetry.retry_wait(wait)
                 if wait > 0:
                     log.info("request_id=%s: no Azure OpenAI backend ready (last: %s); retrying in %.2f s",
                              request_id, last.code if last else "-", wait)

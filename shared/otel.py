@@ -45,8 +45,8 @@ from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, Sam
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .telemetry import (CONNECTION_STRING, NULL_ATTEMPT, WORKER_TELEMETRY, Attempt, Invocation, Telemetry,
-                        TelemetrySettingError, switches)
+from .telemetry import (CONNECTION_STRING, NULL_ATTEMPT, NULL_CONTEXT, WORKER_TELEMETRY, Attempt, Invocation,
+                        Telemetry, TelemetrySettingError, switches)
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class OTelTelemetry(Telemetry):
         trace_context = getattr(context, "trace_context", None)
         parent = getattr(trace_context, "trace_parent", None)
         if not isinstance(parent, str) or not parent:
-            return _NO_PARENT
+            return NULL_CONTEXT
         carrier = {"traceparent": parent}
         state = getattr(trace_context, "trace_state", None)
         if isinstance(state, str) and state:
@@ -151,7 +151,7 @@ class OTelTelemetry(Telemetry):
             return NULL_ATTEMPT
         return _Attempt(self, invocation, backend, number, kind)
 
-    def retry_wait(self, seconds: float, reason: str | None) -> None:
+    def retry_wait(self, seconds: float) -> None:
         invocation = _CURRENT.get()
         if invocation is not None:
             invocation.waited = seconds
@@ -219,22 +219,9 @@ class _Attached:
         otel_context.detach(self._token)
 
 
-class _NoParent:
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-_NO_PARENT = _NoParent()
-
-
 class _Invocation(Invocation):
     __slots__ = ("_telemetry", "_source", "_settings", "_request_id", "_deployment", "_started", "_span",
-                 "_context_token", "_current_token", "_finished", "_source_attributes", "attempt", "last_backend",
+                 "_context_token", "_current_token", "_finished", "attempt", "last_backend",
                  "last_error", "waited")
 
     def __init__(self, telemetry: OTelTelemetry, source: str, settings: Any, request_id: str | None) -> None:
@@ -245,7 +232,6 @@ class _Invocation(Invocation):
         backends = getattr(settings, "backends", None)
         self._deployment = backends[0].deployment if backends else None
         self._finished = False
-        self._source_attributes = {"completions.source": source}
         self.attempt: _Attempt | None = None  # the attempt in progress
         self.last_backend: Any = None  # the backend of the latest attempt
         self.last_error: Any = None  # the latest attempt's failure (an AppError)
@@ -309,18 +295,14 @@ class _Invocation(Invocation):
         defer = telemetry._deferred.put
         defer(telemetry.requests.add, 1, {"completions.source": self._source, "completions.code": code,
                                           "completions.status_code": outcome.status})
+        attributes = {**common, "completions.source": self._source}  # of the operation and its tokens
+        if response_model:
+            attributes["gen_ai.response.model"] = response_model
         if params:  # a valid request: a gen-AI operation took place (not for 400s of our own)
-            attributes = {**common, "completions.source": self._source}
-            if response_model:
-                attributes["gen_ai.response.model"] = response_model
-            if error is not None:
-                attributes["error.type"] = code
-            defer(telemetry.operation_duration.record, time.perf_counter() - self._started, attributes)
+            defer(telemetry.operation_duration.record, time.perf_counter() - self._started,
+                  {**attributes, "error.type": code} if error is not None else attributes)
         usage = outcome.body.get("usage") if outcome.ok else None
         if isinstance(usage, dict):
-            attributes = {**common, "completions.source": self._source}
-            if response_model:
-                attributes["gen_ai.response.model"] = response_model
             defer(telemetry.token_usage.record, usage.get("prompt_tokens", 0),
                   {**attributes, "gen_ai.token.type": "input"})
             defer(telemetry.token_usage.record, usage.get("completion_tokens", 0),
@@ -379,13 +361,12 @@ def _content(params: Mapping[str, Any], choices: Any) -> dict[str, str]:
 
 
 class _Attempt(Attempt):
-    __slots__ = ("_telemetry", "_invocation", "_backend", "_span", "_metric_attributes", "_started")
+    __slots__ = ("_telemetry", "_invocation", "_span", "_metric_attributes", "_started")
 
     def __init__(self, telemetry: OTelTelemetry, invocation: _Invocation, backend: Any, number: int,
                  kind: str) -> None:
         self._telemetry = telemetry
         self._invocation = invocation
-        self._backend = backend
         span_attributes, self._metric_attributes = telemetry.backend_attributes(backend)
         if kind != "first":
             previous = invocation.last_backend
@@ -649,7 +630,8 @@ def configure(environ: Mapping[str, str]) -> OTelTelemetry:
 
 
 def _true(value: str | None) -> bool:
-    return (value or "").strip().lower() == "true"
+    """True as the Functions worker reads its own switches (``is_true_like``)."""
+    return (value or "").strip().lower() in {"1", "true", "t", "yes", "y"}
 
 
 def _resource() -> Resource:

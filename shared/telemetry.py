@@ -86,7 +86,7 @@ class _NullContext:
 
 NULL_ATTEMPT = Attempt()
 NULL_INVOCATION = Invocation()
-_NULL_CONTEXT = _NullContext()
+NULL_CONTEXT = _NullContext()
 
 
 class Telemetry:
@@ -98,7 +98,7 @@ class Telemetry:
     def continue_trace(self, context: Any) -> Any:
         """A context manager under which work continues the trace of ``context``, the
         invocation's ``func.Context`` (its ``trace_context.trace_parent``); None: no parent."""
-        return _NULL_CONTEXT
+        return NULL_CONTEXT
 
     def invocation(self, source: str, settings: Any, request_id: str | None = None) -> Invocation:
         """A context manager around one invocation from ``source`` (http, queue, eventgrid);
@@ -114,7 +114,7 @@ class Telemetry:
         once after a failure) or ``retry`` (after a wait for recovery, or a refused token)."""
         return NULL_ATTEMPT
 
-    def retry_wait(self, seconds: float, reason: str | None) -> None:
+    def retry_wait(self, seconds: float) -> None:
         """No backend is ready: the invocation waits ``seconds`` for the next round."""
 
     def token_refresh(self, error: BaseException | None = None) -> None:
@@ -131,7 +131,10 @@ NOOP = Telemetry()
 
 
 def switches(environ: Mapping[str, str]) -> tuple[bool, bool]:
-    """(Application Insights, OTLP): which exporters the settings ask for."""
+    """(Application Insights, OTLP): which exporters the settings ask for. Neither when
+    ``OTEL_SDK_DISABLED`` is true (read as the SDK reads it), which would make them no-ops."""
+    if (environ.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
+        return False, False
     return bool((environ.get(CONNECTION_STRING) or "").strip()), bool((environ.get(OTLP_ENDPOINT) or "").strip())
 
 

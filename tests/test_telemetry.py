@@ -125,6 +125,19 @@ def test_token_usage_after_n_requests_is_n_times_the_prompt_tokens(recorded):
     assert record.total("completions.active", completions__source="http") == 0  # in flight: back to zero
 
 
+def test_completions_active_counts_the_invocations_in_flight(recorded, emulators):
+    record = recorded()
+    emulators.openai_control.config(latency_ms=600)
+    burst = threading.Thread(target=post_many, args=([SEED] * 3,))
+    burst.start()
+    deadline = time.monotonic() + 5
+    while record.total("completions.active", completions__source="http") != 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert record.total("completions.active", completions__source="http") == 3
+    burst.join(10)
+    assert record.total("completions.active", completions__source="http") == 0
+
+
 def test_waits_for_a_concurrency_slot_are_recorded(recorded, emulators):
     record = recorded(AZURE_OPENAI_MAX_CONCURRENCY="1")
     emulators.openai_control.config(latency_ms=100)
@@ -419,9 +432,16 @@ def test_the_worker_owned_pipeline_is_used_not_configured_again(clean_process_en
     clean_process_env.setattr(trace_api, "get_tracer_provider", lambda: TracerProvider())
     clean_process_env.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING",
                              "InstrumentationKey=00000000-0000-0000-0000-000000000000")
-    clean_process_env.setenv("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", "true")
-    assert telemetry_from_environ().enabled
+    for true_like in ("true", "1", "Yes"):  # as the worker reads it (is_true_like)
+        clean_process_env.setenv("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", true_like)
+        assert telemetry_from_environ().enabled
     assert calls == []
+
+
+def test_otel_sdk_disabled_means_no_telemetry_at_all(clean_process_env):
+    clean_process_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    clean_process_env.setenv("OTEL_SDK_DISABLED", "TRUE")
+    assert telemetry_from_environ() is NOOP  # not three threads feeding no-op instruments
 
 
 # -- end to end, in fresh processes -------------------------------------------------------
