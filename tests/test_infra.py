@@ -327,6 +327,20 @@ def role_assignments(template: Template):
     return found
 
 
+def test_each_assignment_names_its_principal_s_type(template):
+    """A wrong principalType fails the assignment at deployment (or, for a user given as a
+    service principal, leaves it unusable): the identity is a service principal, the developer
+    whatever AZURE_PRINCIPAL_TYPE says."""
+    kinds = set()
+    for _, _name, resource, body in template.resources():
+        if resource["type"] == "Microsoft.Authorization/roleAssignments":
+            principal = ".".join(accessor_path(body["properties"]["principalId"]))
+            kind = body["properties"]["principalType"]
+            kinds.add((principal, kind if isinstance(kind, str) else ".".join(accessor_path(kind))))
+    assert kinds == {("identityPrincipalId", "ServicePrincipal"), ("developerPrincipalId", "developerPrincipalType"),
+                     ("deadLetterIdentity.properties.principalId", "ServicePrincipal")}  # the topic's own identity
+
+
 def test_role_definition_ids_are_the_built_in_ones(template):
     roles = json.loads((INFRA / "modules" / "roles.json").read_text())
     assert roles == {name: BUILT_IN_ROLES[name] for name in roles}
@@ -402,6 +416,19 @@ def test_parameters_file_matches_main_bicep(template):
     assert set(parameters) <= set(main["parameters"]), set(parameters) - set(main["parameters"])
     without_default = {name for name, p in main["parameters"].items() if p.get("default") is None}
     assert without_default <= set(parameters)
+    # azd passes the file's ${NAME=default}, not main.bicep's default: the two must agree (the
+    # README and tests read main.bicep's, e.g. perInstanceConcurrency 512)
+    for name, parameter in parameters.items():
+        found = re.fullmatch(r"\$\{[A-Z_]+=(.*)\}", parameter["value"])
+        default = main["parameters"][name].get("default")
+        if found and default is not None:
+            text = json.dumps(default) if isinstance(default, bool) else str(default)
+            assert found.group(1) == text, (name, found.group(1), default)
+
+
+def test_app_configuration_can_be_purged_by_azd_down(template):
+    store = template.trees["modules/appconfig.bicep"]["resources"]["store"]["config"]["properties"]
+    assert store["enablePurgeProtection"] is False  # README: `azd down --purge` removes it all
 
 
 def test_the_function_app_is_the_azd_service(template):

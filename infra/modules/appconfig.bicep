@@ -22,7 +22,9 @@ resource store 'Microsoft.AppConfiguration/configurationStores@2023-03-01' = {
   }
   properties: {
     disableLocalAuth: true
-    enablePurgeProtection: true
+    // Off, so that `azd down --purge` removes the store (settings only; secrets belong in Key
+    // Vault references); otherwise its name stays taken by the soft-deleted store for 7 days.
+    enablePurgeProtection: false
     publicNetworkAccess: 'Enabled'
   }
 }
