@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import requests
+from devserver.emulators import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-SETTING_PREFIXES = ("AZURE_OPENAI_", "OPENAI_", "COMPLETIONS_", "IDENTITY_", "MSI_", "AZURE_CLIENT")
+# The app's settings, and the telemetry switches: a benchmark process never exports anywhere by accident.
+SETTING_PREFIXES = ("AZURE_OPENAI_", "OPENAI_", "COMPLETIONS_", "IDENTITY_", "MSI_", "AZURE_CLIENT", "OTEL_",
+                    "APPLICATIONINSIGHTS_", "PYTHON_APPLICATIONINSIGHTS_", "AZURE_MONITOR")
 REQUEST = {"prompt": "The food was delicious and the waiter", "stop": ".", "temperature": 0}
 
 
@@ -39,39 +41,25 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class Emulator:
-    """The emulators in their own process, through their command line."""
+class Emulator(EmulatorProcess):
+    """The emulators in their own process (``devserver.emulators.EmulatorProcess``), with the
+    controls the benchmarks use."""
 
     def __init__(self, latency_ms: int = 0, token_lifetime: float = 3600, token_secret: str | None = None) -> None:
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "devserver.emulators", "--latency-ms", str(latency_ms),
-             "--token-lifetime", str(token_lifetime)] + (["--token-secret", token_secret] if token_secret else []),
-            cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, text=True)
-        self.info = json.loads(self.process.stdout.readline())
-        self.control = self.info["endpoint"] + "_emulator"
-        self.identity_control = self.info["identity_endpoint"].rsplit("/msi/", 1)[0] + "/_emulator"
+        super().__init__("--latency-ms", str(latency_ms), "--token-lifetime", str(token_lifetime),
+                         *(["--token-secret", token_secret] if token_secret else []), env=clean_env())
 
     def configure(self, **config) -> None:
-        requests.post(self.control + "/config", json=config, timeout=10).raise_for_status()
+        self.openai_control.config(**config)
 
     def reset(self) -> None:
-        requests.post(self.control + "/reset", timeout=10).raise_for_status()
+        self.openai_control.reset()
 
     def stats(self) -> dict:
-        return requests.get(self.control + "/stats", timeout=10).json()
+        return self.openai_control.stats()
 
     def token_requests(self) -> int:
-        return requests.get(self.identity_control + "/stats", timeout=10).json()["token_requests"]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-    def __enter__(self) -> "Emulator":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return self.identity_control.stats()["token_requests"]
 
 
 def start_worker(side: str, scenario: str, emulator: Emulator, stdin: bool = False, **config) -> subprocess.Popen:
@@ -302,25 +290,31 @@ def pool_rows(seconds: float, window: float, per_window: int) -> list[Row]:
 
 
 def throttled_backend(calls: int) -> Row:
-    """One of two backends throttled for the whole run: the pool skips it after its first 429.
-    Sequential calls; median latency with the throttled backend first in priority, against a
-    pool of the healthy backend alone."""
+    """One of two backends throttled for the whole run (a 429 asking for an hour): the pool
+    skips it after that first 429. Sequential calls; median latency with the throttled backend
+    first in priority, against a pool of the healthy backend alone; and the requests the
+    throttled one received (1: the pool never tried it again)."""
     secret = "bench-shared-secret"
     with Emulator(token_secret=secret) as throttled, Emulator(token_secret=secret) as healthy:
-        throttled.configure(rpm=1, quota_window_s=3600)  # one request, then 429 for the rest of the hour
         both = [{"name": "throttled", "endpoint": throttled.info["endpoint"], "priority": 1},
                 {"name": "healthy", "endpoint": healthy.info["endpoint"], "priority": 2}]
         alone = [{"name": "healthy", "endpoint": healthy.info["endpoint"]}]
         medians, success = {}, {}
         for label, backends in (("alone", alone), ("both", both)):
+            if label == "both":
+                throttled.openai_control.faults({"status": 429, "retry_after": 3600})
             result = run_worker("app", "load", healthy, callers=1, total=calls,
                                 settings={"AZURE_OPENAI_BACKENDS": json.dumps(backends)})
             medians[label], success[label] = result["median_ms"], result["ok"] / (result["ok"] + result["failed"])
+        tried = throttled.stats()["completion_requests"]
     added = medians["both"] - medians["alone"]
     return Row(10, f"Backend pool: one of two backends throttled for the whole run ({calls} sequential calls): "
-                   "success, and median latency added over a pool of the healthy backend alone",
-               "100 % and ≤ 1 ms", f"{success['both']:.1%} served; {added:+.2f} ms (median {medians['both']:.2f} ms)",
-               f"healthy backend alone: median {medians['alone']:.2f} ms", success["both"] == 1 and added <= 1)
+                   "success, median latency added over a pool of the healthy backend alone, and requests "
+                   "the throttled backend received",
+               "100 %, ≤ 1 ms, 1 request", f"{success['both']:.1%} served; {added:+.2f} ms (median "
+               f"{medians['both']:.2f} ms); {tried} request(s) to the throttled backend",
+               f"healthy backend alone: median {medians['alone']:.2f} ms",
+               success["both"] == 1 and added <= 1 and tried == 1)
 
 
 # -- 13. pauses of the event loop --------------------------------------------------------------------

@@ -16,7 +16,6 @@ switched off by their own settings for the measurement.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,14 +23,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from benchmarks.run import Row, fmt, take_turns
+from benchmarks.run import Row, clean_env, fmt, take_turns
 from devserver.emulators import EmulatorProcess
 from devserver.otlp_receiver import OTLPReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-_STRIP = ("AZURE_OPENAI_", "OPENAI_", "COMPLETIONS_", "IDENTITY_", "MSI_", "AZURE_CLIENT", "OTEL_",
-          "APPLICATIONINSIGHTS_", "PYTHON_APPLICATIONINSIGHTS_", "AZURE_MONITOR")
 # Off for the measurement only: they would call Microsoft's endpoints from this machine.
 _NO_MICROSOFT_CALLS = {"APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
                        "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
@@ -39,10 +36,7 @@ _NO_MICROSOFT_CALLS = {"APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
 
 
 def _env(emulator: EmulatorProcess, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIP)}
-    env.update(emulator.app_settings(auth="managed_identity"), PYTHONPATH=str(ROOT), AZURE_OPENAI_TIMEOUT="10")
-    env.update(extra)
-    return env
+    return clean_env(**{**emulator.app_settings(auth="managed_identity"), "AZURE_OPENAI_TIMEOUT": "10", **extra})
 
 
 class _Ingestion:
