@@ -86,6 +86,17 @@ class Reply:
     raw: bytes
 
 
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds, or ``timeout`` seconds (background work, such as a
+    token refresh or a settings load, finishes a little after the call that started it)."""
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _reply(response: func.HttpResponse) -> Reply:
     raw = response.get_body()
     assert response.mimetype == "application/json"

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from app_client import wait_for
 from devserver.appconfig_emulator import AppConfigStandIns
 from shared.appconfig import (AppConfigBootstrap, AppConfigSource, Backoff, LoadState, is_bootstrap_name)
 from shared.settings import SettingsError, load_settings
@@ -328,7 +329,7 @@ def test_invalid_values_at_first_load_fail_by_name_and_are_retried(standins, mak
     assert source.describe()["last_refresh_error"] == "invalid settings: COMPLETIONS_MAX_TOKENS"
     standins.set({"key": "completions:COMPLETIONS_MAX_TOKENS", "value": "300"})
     wait.release()
-    _until(lambda: source.state().status == "loaded")
+    assert wait_for(lambda: source.state().status == "loaded", 20)
     assert applied.settings.limits.max_tokens == 300 and wait.delays == [1]
     assert source.describe()["last_refresh_error"] is None
 
@@ -347,7 +348,7 @@ def test_store_down_at_start_fails_fast_naming_it_then_recovers(standins, make_s
     assert source.maybe_refresh() is None  # nothing to refresh before a load
     standins.bring_up()
     wait.release()  # the backoff sleep ends: the next attempt finds the store
-    _until(lambda: source.state() == LoadState("loaded"))
+    assert wait_for(lambda: source.state() == LoadState("loaded"), 20)
     assert wait.delays == [1]
     assert applied.settings.upstream.deployment == "store-deployment"
     assert source.describe()["last_refresh_error"] is None
@@ -479,6 +480,20 @@ def test_an_unreachable_store_during_refresh_keeps_serving_then_recovers(standin
                  {"key": "completions:sentinel", "value": "2"})
     assert check_now(source, clock) == "applied"
     assert applied.settings.limits.max_tokens == 99 and source.describe()["last_refresh_error"] is None
+
+
+def test_an_outage_that_ends_without_a_change_clears_the_error(standins, make_source):
+    """No sentinel change after the store comes back: the next check is 'unchanged', and health
+    no longer reports the outage."""
+    clock = Clock()
+    source = make_source(APP_SETTINGS, apply=Applied(), clock=clock, **standins.app_settings("connection_string"))
+    assert started(source) == LoadState("loaded")
+    standins.take_down()
+    assert check_now(source, clock) == "failed"
+    assert source.describe()["last_refresh_error"] == "unreachable"
+    standins.bring_up()
+    assert check_now(source, clock) == "unchanged"
+    assert source.describe()["last_refresh_error"] is None
 
 
 def test_apply_errors_other_than_settings_errors_are_reported_by_type_only(standins, make_source, caplog):
@@ -635,8 +650,3 @@ def test_the_command_line_serves_the_documented_example_seed():
         process.wait(10)
 
 
-def _until(predicate, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)

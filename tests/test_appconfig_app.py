@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from app_client import SEED, get_health, post_completions
+from app_client import SEED, get_health, post_completions, wait_for
 from devserver.appconfig_emulator import AppConfigStandIns
 from shared.service import CompletionService
 
@@ -23,15 +23,6 @@ STORE = {
     ],
     "secrets": {"openai-key": "replaced-per-test"},
 }
-
-
-def wait_for(condition, timeout: float = 10.0) -> bool:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > give_up:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import openai
 import pytest
 
-from app_client import LOOP, SEED, post_completions, post_many
+from app_client import LOOP, SEED, post_completions, post_many, wait_for
 from shared.credentials import TokenCache
 from shared.errors import AppError
 from shared.retry import Deadline
@@ -28,16 +28,6 @@ def emulator_stats(emulators) -> dict:
 
 def identity_stats(emulators) -> dict:
     return emulators.identity_control.stats()
-
-
-def wait_for(condition, timeout: float = 5.0) -> bool:
-    """Poll ``condition`` until it holds (background refreshes finish a little later)."""
-    give_up = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > give_up:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def past_the_refresh_margin() -> None:
