@@ -24,13 +24,13 @@ from typing import Callable
 from aiohttp import web
 
 from .bindings import QueueOutputs
-from .functions import (TRIGGER_EVENT_GRID, TRIGGER_HTTP, TRIGGER_QUEUE, Function, InvalidEvent, Invoker,
-                        event_grid_event, queue_message)
+from .functions import (HOST_API_REASON, TRIGGER_EVENT_GRID, TRIGGER_HTTP, TRIGGER_QUEUE, Function, InvalidEvent,
+                        Invoker, event_grid_event, queue_message)
 from .keys import FunctionKeys
 from .server import json_error, read_body
 
 log = logging.getLogger("devserver.admin")
-ADMIN_REASON = "This function was programmatically called via the host APIs."
+
 
 
 def _binding(binding: dict) -> dict:
@@ -117,7 +117,7 @@ class AdminApi:
         return web.Response(status=202)
 
     async def _run(self, function: Function, trigger) -> None:
-        invocation = await self._invoker.invoke(function, trigger, ADMIN_REASON)
+        invocation = await self._invoker.invoke(function, trigger, HOST_API_REASON)
         if invocation.succeeded and self._outputs is not None:
             try:
                 await self._outputs.write(invocation)

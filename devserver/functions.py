@@ -196,6 +196,10 @@ def queue_message(body: bytes, *, id: str | None, dequeue_count: int | None, ins
     return QueueMessageInConverter.decode(Datum(text, "string"), trigger_metadata=metadata)
 
 
+# How the host logs an invocation it started from its own APIs (HTTP triggers, the admin API).
+HOST_API_REASON = "This function was programmatically called via the host APIs."
+
+
 class InvalidEvent(ValueError):
     """An event the worker's converter cannot build (e.g. an ``eventTime`` that is not a time)."""
 

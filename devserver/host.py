@@ -134,10 +134,6 @@ def prepare_storage(environ, enabled: bool = True) -> Storage:
         return Storage(problem=f"Azurite could not start on {host}:{port}: {error}", loud=True)
 
 
-def needs_storage(function: Function) -> bool:
-    return any(b.get("type") in ("queue", "queueTrigger") for b in function.bindings)
-
-
 # -- the host ---------------------------------------------------------------------------
 @dataclass
 class DevHost:
@@ -162,7 +158,7 @@ class DevHost:
         if self.storage.account is not None:
             await self._connect_storage()
         for function in self.functions:
-            if function.name not in self.unserved and needs_storage(function) and self.service is None:
+            if function.name not in self.unserved and function.queue_names() and self.service is None:
                 self.unserved[function.name] = f"needs storage (AzureWebJobsStorage): {self.storage.problem}"
         served = [f for f in self.functions if f.name not in self.unserved]
         self.outputs = None
@@ -173,7 +169,7 @@ class DevHost:
         self.webhook = EventGridWebhook(served, self.invoker, self.outputs, self.keys, body_timeout)
         self.admin = AdminApi(self.functions, self.invoker, self.outputs, self.keys, self.unserved,
                               self._invoke_url, body_timeout)
-        app = web.Application(client_max_size=1024 ** 2)
+        app = web.Application()  # bodies are read by read_body, with its own cap
         app.router.add_route("*", "/{path:.*}", self._dispatch)
         self.server = await BoundedServer(app, self.host, self.port, max_connections=self.max_connections,
                                           idle_timeout=self.idle_timeout, shutdown_timeout=SHUTDOWN_GRACE).start()
@@ -189,7 +185,7 @@ class DevHost:
         """A client for the account, and every queue the served functions use created."""
         names = set()
         for function in self.functions:
-            if function.name in self.unserved or not needs_storage(function):
+            if function.name in self.unserved or not function.queue_names():
                 continue
             names |= function.queue_names()
             if function.trigger_type == TRIGGER_QUEUE:

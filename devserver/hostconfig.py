@@ -44,11 +44,6 @@ class QueueOptions:
     max_dequeue_count: int = 5
     message_encoding: str = "base64"
 
-    @property
-    def max_in_flight(self) -> int:
-        """Messages one listener may be processing at once: a batch is fetched while
-        no more than ``new_batch_threshold`` are in flight."""
-        return self.batch_size + self.new_batch_threshold
 
     @classmethod
     def from_json(cls, section: dict | None, processors: int | None = None) -> "QueueOptions":

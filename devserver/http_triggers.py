@@ -19,12 +19,11 @@ from urllib.parse import parse_qsl, unquote
 import azure.functions as func
 from aiohttp import web
 
-from .functions import TRIGGER_HTTP, Function, Invoker
+from .functions import HOST_API_REASON, TRIGGER_HTTP, Function, Invoker
 from .hostconfig import HttpOptions
 from .keys import FunctionKeys
 from .server import read_body
 
-HTTP_REASON = "This function was programmatically called via the host APIs."  # the host's wording
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE")
 _CONSTRAINTS = {"int": r"-?\d+", "long": r"-?\d+", "alpha": r"[A-Za-z]+", "bool": r"(?:true|false)",
                 "guid": r"[0-9A-Fa-f]{8}-?(?:[0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}",
@@ -104,10 +103,10 @@ class HttpTriggers:
                 params=dict(parse_qsl(request.query_string, keep_blank_values=True)),
                 route_params=route_params, body=body)
             if self._slots is None:
-                invocation = await self._invoker.invoke(route.function, http_request, HTTP_REASON)
+                invocation = await self._invoker.invoke(route.function, http_request, HOST_API_REASON)
             else:
                 async with self._slots:
-                    invocation = await self._invoker.invoke(route.function, http_request, HTTP_REASON)
+                    invocation = await self._invoker.invoke(route.function, http_request, HOST_API_REASON)
         finally:
             self._outstanding -= 1
         if not invocation.succeeded:

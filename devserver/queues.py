@@ -30,7 +30,7 @@ import math
 import random
 from typing import Callable
 
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
 from .bindings import QueueOutputs
 from .functions import Function, Invoker, queue_message
@@ -90,7 +90,6 @@ class QueueListener:
         self.queue_name = str(function.trigger["queueName"])
         self.poison_name = poison_queue_name(self.queue_name)
         self._queue = service.get_queue_client(self.queue_name)
-        self._poison = service.get_queue_client(self.poison_name) if self.poison_name else None
         self._options = options
         self._invoker = invoker
         self._outputs = outputs
@@ -100,10 +99,6 @@ class QueueListener:
         self._processing: set[asyncio.Task] = set()
         self._poll_failing = False
         self.renewal_interval = RECEIVE_VISIBILITY / 2
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._processing)
 
     def notify(self) -> None:
         """A message was just put on this queue: poll now instead of at the next interval."""
@@ -197,7 +192,7 @@ class QueueListener:
                 renewal.cancel()
             if succeeded:
                 await self._delete(message, receipt)
-            elif self._poison is not None:
+            elif self.poison_name:
                 if message.dequeue_count >= self._options.max_dequeue_count:
                     await self._move_to_poison(message, receipt)
                 else:
@@ -232,17 +227,9 @@ class QueueListener:
             log.debug("could not delete message %s on '%s': %s", message.id, self.queue_name, error)
 
     async def _move_to_poison(self, message, receipt: list) -> None:
-        if self._poison is None:
+        if not self.poison_name:
             return  # as the host: no poison queue, the message stays invisible until RECEIVE_VISIBILITY ends
         log.warning("Message has reached MaxDequeueCount of %d. Moving message to queue '%s'.",
                     self._options.max_dequeue_count, self.poison_name)
-        try:
-            await self._poison.send_message(message.content)  # the text as received, still encoded
-        except ResourceNotFoundError:
-            try:
-                await self._poison.create_queue()
-            except ResourceExistsError:
-                pass
-            await self._poison.send_message(message.content)
+        await self._outputs.send(self.poison_name, message.content)  # the text as received, still encoded
         await self._delete(message, receipt)
-        self._outputs.notify_queue(self.poison_name)

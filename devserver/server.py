@@ -88,8 +88,6 @@ class BoundedServer:
         self.host = host
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
-        self.evicted = 0
-        self.refused = 0
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout,
                                      shutdown_timeout=shutdown_timeout, lingering_time=LINGERING_TIME)
         self._port = port
@@ -122,9 +120,7 @@ class BoundedServer:
         if len(handlers) >= self.max_connections:
             idle = next((h for h in handlers if _is_idle(h)), None)
             if idle is None:
-                self.refused += 1
                 return _Busy()
-            self.evicted += 1
             idle.force_close()
         return server()
 
