@@ -17,13 +17,16 @@ import uuid
 import azure.functions as func
 
 from shared import events
-from shared.service import CompletionService, Outcome, request_id_for
-from shared.settings import QueueNames, max_dequeue_count
-from shared.telemetry import telemetry_from_environ
+from shared.config.host_json import max_dequeue_count
+from shared.config.settings import QueueNames
+from shared.outcome import Outcome, request_id_for
+from shared.service import CompletionService
+from shared.telemetry.hooks import TraceContext
+from shared.telemetry.switches import telemetry_from_environ
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 # Metrics and traces when APPLICATIONINSIGHTS_CONNECTION_STRING or OTEL_EXPORTER_OTLP_ENDPOINT is set
-# (README, "Observability"); otherwise a no-op, and no OpenTelemetry module is imported.
+# (docs/observability.md); otherwise a no-op, and no OpenTelemetry module is imported.
 service = CompletionService.from_environ(telemetry=telemetry_from_environ())
 queues = QueueNames.from_environ(os.environ)  # binding metadata: read when the host indexes the app
 recent_results = events.RecentResults()
@@ -42,7 +45,7 @@ def _http_response(outcome: Outcome, request_id: str) -> func.HttpResponse:
 async def completions(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
     """POST /api/completions: a completion from the configured deployment."""
     request_id = request_id_for(req.headers.get("x-request-id"))
-    with service.telemetry.continue_trace(context):  # the worker passes context: its trace_context
+    with service.telemetry.continue_trace(TraceContext.of(context)):  # the worker passes context: its trace_context
         return _http_response(await service.complete(req.get_body(), request_id), request_id)
 
 
@@ -60,7 +63,7 @@ async def completion_from_queue(msg: func.QueueMessage, result: func.Out[str],
     """A request message on the request queue; its answer goes to the results queue.
     Raises on transient failures so the host redelivers the message."""
     logging.info("queue message id=%r dequeue_count=%s", msg.id, msg.dequeue_count)
-    with service.telemetry.continue_trace(context):
+    with service.telemetry.continue_trace(TraceContext.of(context)):
         result.set(await events.handle_request(service, recent_results, msg.get_body(),
                                                fallback_id=msg.id or uuid.uuid4().hex, source="queue",
                                                last_delivery=(msg.dequeue_count or 0) >= MAX_DEQUEUE_COUNT))
@@ -83,7 +86,7 @@ async def completion_from_event_grid(event: func.EventGridEvent, result: func.Ou
     its type is ``type``, not ``event_type``.)"""
     event_type = event.type if isinstance(event, func.CloudEvent) else event.event_type
     logging.info("event grid event id=%r type=%r subject=%r", event.id, event_type, event.subject)
-    with service.telemetry.continue_trace(context):
+    with service.telemetry.continue_trace(TraceContext.of(context)):
         result.set(await events.handle_request(service, recent_results, event.get_json(), fallback_id=event.id,
                                                source="eventgrid"))
 

@@ -407,7 +407,7 @@ def import_seconds(code: str, env: dict[str, str]) -> float:
 def source_compile_ms() -> float:
     """What compiling the app's own modules from source costs (a cold start whose package
     carries no bytecode for them, and cannot write any, pays it)."""
-    sources = [ROOT / "function_app.py", *sorted((ROOT / "shared").glob("*.py"))]
+    sources = [ROOT / "function_app.py", *sorted((ROOT / "shared").rglob("*.py"))]
     began = time.perf_counter()
     for path in sources:
         compile(path.read_bytes(), str(path), "exec", dont_inherit=True)

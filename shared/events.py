@@ -27,7 +27,8 @@ from collections import OrderedDict
 from typing import Any
 
 from .errors import AppError
-from .service import CompletionService, request_id_for
+from .outcome import request_id_for
+from .service import CompletionService
 
 log = logging.getLogger(__name__)
 

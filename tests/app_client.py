@@ -14,7 +14,7 @@ from typing import Any, Awaitable, TypeVar
 import azure.functions as func
 
 import function_app
-from shared.retry import Clock
+from shared.clock import Clock
 
 T = TypeVar("T")
 

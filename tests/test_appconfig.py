@@ -23,8 +23,11 @@ import requests
 
 from app_client import wait_for
 from devserver.appconfig_emulator import AppConfigStandIns
-from shared.appconfig import (AppConfigBootstrap, AppConfigSource, Backoff, LoadState, is_bootstrap_name)
-from shared.settings import SettingsError, load_settings
+from shared.backoff import Backoff
+from shared.config.appconfig import AppConfigSource, LoadState
+from shared.config.appconfig_bootstrap import AppConfigBootstrap
+from shared.config.protected import is_bootstrap_name
+from shared.config.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_VALUE = "kv-secret-value-7f3a9c"
@@ -112,7 +115,7 @@ def make_source():
         bootstrap = AppConfigBootstrap.from_environ({**app_settings, **environ})
         assert bootstrap is not None
         source = AppConfigSource(bootstrap, apply=apply or Applied(), clock=clock or Clock(),
-                                 wait=wait, backoff=Backoff(jitter=0))
+                                 wait=wait, backoff=Backoff(first=1.0, cap=60.0))
         sources.append(source)
         return source
 
@@ -199,9 +202,9 @@ def test_bootstrap_and_platform_names_cannot_come_from_the_store():
 
 
 def test_backoff_grows_to_its_cap_with_bounded_jitter():
-    backoff = Backoff(first=1, factor=2, cap=60, jitter=0)
+    backoff = Backoff(first=1, factor=2, cap=60)
     assert [backoff.delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
-    jittery = Backoff(first=10, cap=10, jitter=0.2)
+    jittery = Backoff(first=10, cap=10, jitter=(0.8, 1.2))
     assert jittery.delay(1, rand=lambda: 0.0) == pytest.approx(8)
     assert jittery.delay(1, rand=lambda: 1.0) == pytest.approx(12)
 
@@ -268,7 +271,7 @@ def test_ssl_cert_file_alone_is_honoured(standins, make_source):
 
 
 def test_ca_settings_are_read_in_order_and_checked(tmp_path):
-    from shared.ca_bundle import ca_file, ca_problems
+    from shared.config.ca_bundle import ca_file, ca_problems
 
     pem = tmp_path / "ca.pem"
     pem.write_text("-----BEGIN CERTIFICATE-----\n")
@@ -280,8 +283,8 @@ def test_ca_settings_are_read_in_order_and_checked(tmp_path):
     # the marker alone is not a certificate: with a store, the 503 names the setting, not the store
     assert ca_problems({"SSL_CERT_FILE": str(pem)}) == {
         "SSL_CERT_FILE": "must name a readable file of PEM certificates"}
-    from shared.appconfig import AppConfigBootstrap
-    from shared.settings import SettingsError
+    from shared.config.appconfig_bootstrap import AppConfigBootstrap
+    from shared.config.settings import SettingsError
 
     with pytest.raises(SettingsError) as caught:
         AppConfigBootstrap.from_environ({"AZURE_APPCONFIG_ENDPOINT": "https://s.azconfig.io",
@@ -303,7 +306,7 @@ def test_bootstrap_names_in_the_store_are_dropped_and_named_in_the_log(standins,
                  {"key": "completions:IDENTITY_ENDPOINT", "value": "http://elsewhere.example/token"})
     seen = []
     source = make_source(APP_SETTINGS, apply=seen.append, **standins.app_settings("connection_string"))
-    with caplog.at_level(logging.WARNING, logger="shared.appconfig"):
+    with caplog.at_level(logging.WARNING, logger="shared.config.appconfig"):
         assert started(source) == LoadState("loaded")
     assert "AZURE_APPCONFIG_LABEL" not in seen[0] and "IDENTITY_ENDPOINT" not in seen[0]
     [line] = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
@@ -450,7 +453,8 @@ def test_a_bad_refresh_keeps_the_last_good_settings_and_is_logged_once(standins,
     assert source.describe()["last_refresh_error"] == error
     assert source.state() == LoadState("loaded")
     assert check_now(source, clock) == "unchanged"  # retried at the next interval; nothing new to apply
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "shared.appconfig"]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING and r.name == "shared.config.appconfig"]
     assert len(warnings) == 1 and error in warnings[0]
     assert "yesterday-q7z" not in caplog.text and "-987654" not in caplog.text
 
@@ -467,13 +471,13 @@ def test_an_unreachable_store_during_refresh_keeps_serving_then_recovers(standin
     source = make_source(APP_SETTINGS, apply=applied, clock=clock, **standins.app_settings("connection_string"))
     assert started(source) == LoadState("loaded")
     good = applied.settings
-    caplog.set_level(logging.WARNING, logger="shared.appconfig")
+    caplog.set_level(logging.WARNING, logger="shared.config.appconfig")
     standins.take_down()
     assert check_now(source, clock) == "failed"
     assert source.describe()["last_refresh_error"] == "unreachable"
     assert applied.settings is good and source.state() == LoadState("loaded")
     assert check_now(source, clock) == "failed"  # retried at the next interval, not logged again
-    assert len([r for r in caplog.records if r.name == "shared.appconfig"]) == 1
+    assert len([r for r in caplog.records if r.name == "shared.config.appconfig"]) == 1
 
     standins.bring_up()
     standins.set({"key": "completions:COMPLETIONS_MAX_TOKENS", "value": "99"},
@@ -552,9 +556,9 @@ def test_without_a_store_importing_the_app_loads_no_provider():
         "import function_app\n"
         "app = time.perf_counter() - started\n"
         "loaded = [m for m in sys.modules if m.startswith(('azure.appconfiguration', 'azure.keyvault', 'dns',\n"
-        "                                                  'shared.appconfig'))]\n"
-        "import shared.appconfig\n"
-        "assert shared.appconfig.AppConfigBootstrap.from_environ(os.environ) is None\n"
+        "                                                  'shared.config.appconfig'))]\n"
+        "import shared.config.appconfig_bootstrap as bootstrap\n"
+        "assert bootstrap.AppConfigBootstrap.from_environ(os.environ) is None\n"
         "started = time.perf_counter()\n"
         "import azure.appconfiguration.provider, azure.keyvault.secrets, azure.identity\n"
         "store = time.perf_counter() - started\n"
@@ -608,7 +612,8 @@ def test_only_a_store_on_loopback_may_point_at_a_vault_that_fails_the_challenge_
     from azure.identity import ManagedIdentityCredential
     from azure.keyvault.secrets import SecretClient
 
-    from shared.appconfig import AppConfigBootstrap, verify_vault_challenge
+    from shared.config.appconfig_bootstrap import AppConfigBootstrap
+    from shared.config.appconfig_failures import verify_vault_challenge
 
     azure_store = AppConfigBootstrap(endpoint=None, connection_string="Endpoint=https://s.azconfig.io;Id=i;Secret=c")
     assert azure_store.store_url == "https://s.azconfig.io"

@@ -13,10 +13,11 @@ from email.utils import formatdate
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from shared import settings as app_settings
-from shared.backends import (AUTH_MODES, BACKENDS_SETTING, DEFAULT_COOLDOWN, HEADROOM_TTL, LONG_COOLDOWN,
-                             MAX_BACKENDS, MAX_COOLDOWN, MISCONFIGURED_COOLDOWN, BackendPool, BackendSettings,
-                             Recovery, parse_backends, requested_wait)
+from shared.config.backends import BACKENDS_SETTING, MAX_BACKENDS, BackendSettings, Defaults, parse_backends
+from shared.config.settings import load_settings, single_backend
+from shared.upstream.headers import requested_wait
+from shared.upstream.pool import (DEFAULT_COOLDOWN, HEADROOM_TTL, LONG_COOLDOWN, MAX_COOLDOWN, MISCONFIGURED_COOLDOWN,
+                                  BackendPool, Recovery)
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
 EXAMPLE = [
@@ -30,12 +31,9 @@ WEST_KEY = "0123456789abcdef0123456789abcdef"
 def parse(backends, *, default_deployment: str | None = "gpt-35-turbo-instruct", default_auth="managed_identity",
           default_client_id: str | None = None, **environ: str):
     raw = backends if isinstance(backends, str) else json.dumps(backends)
-    return parse_backends({BACKENDS_SETTING: raw, **environ}, default_deployment=default_deployment,
-                          default_api_version="2024-10-21", default_auth=default_auth,
-                          default_client_id=default_client_id, token_scope=SCOPE,
-                          validate_endpoint=app_settings.endpoint_problem,
-                          validate_deployment=app_settings.deployment_problem,
-                          validate_api_version=app_settings.api_version_problem)
+    return parse_backends({BACKENDS_SETTING: raw, **environ}, Defaults(
+        deployment=default_deployment, api_version="2024-10-21", auth=default_auth, client_id=default_client_id,
+        token_scope=SCOPE))
 
 
 def problem(backends, **environ) -> str:
@@ -72,19 +70,16 @@ def test_every_field_of_an_entry_is_read():
 
 
 def test_absent_or_blank_means_the_single_endpoint_settings_apply():
-    kwargs = dict(default_deployment="d", default_api_version="2024-10-21", default_auth="key",
-                  default_client_id=None, token_scope=SCOPE, validate_endpoint=app_settings.endpoint_problem,
-                  validate_deployment=app_settings.deployment_problem,
-                  validate_api_version=app_settings.api_version_problem)
-    assert parse_backends({}, **kwargs) == ((), {})
-    assert parse_backends({BACKENDS_SETTING: "  "}, **kwargs) == ((), {})
+    defaults = Defaults(deployment="d", api_version="2024-10-21", auth="key", client_id=None, token_scope=SCOPE)
+    assert parse_backends({}, defaults) == ((), {})
+    assert parse_backends({BACKENDS_SETTING: "  "}, defaults) == ((), {})
 
 
 def test_the_single_backend_comes_from_the_existing_settings():
-    loaded = app_settings.load_settings({"AZURE_OPENAI_ENDPOINT": "https://a.openai.azure.com/",
+    loaded = load_settings({"AZURE_OPENAI_ENDPOINT": "https://a.openai.azure.com/",
                                          "AZURE_OPENAI_DEPLOYMENT": "d", "AZURE_OPENAI_AUTH": "key",
                                          "AZURE_OPENAI_API_KEY": "k"}, function_timeout=lambda: 180.0)
-    backend = BackendSettings.single(loaded.upstream)
+    backend = single_backend(loaded.upstream)
     assert backend == BackendSettings(name="default", endpoint="https://a.openai.azure.com", deployment="d",
                                       api_version="2024-10-21", auth="key", api_key="k", token_scope=SCOPE)
     assert (backend.priority, backend.weight, backend.identity) == (1, 1, None)
@@ -98,10 +93,6 @@ def test_identity_backends_share_a_token_cache_per_identity_and_scope():
                               "api_key_setting": "D_KEY"}], D_KEY="k")
     assert a.identity == b.identity == ("managed_identity", None, SCOPE)
     assert c.identity != a.identity and d.identity is None
-
-
-def test_auth_modes_match_the_settings_module():
-    assert AUTH_MODES == app_settings.AUTH_MODES
 
 
 SECRET_URL = "https://secret-host.example.com/?sig=SECRETSIG"
@@ -359,7 +350,7 @@ def test_a_cooldown_never_shortens_one_in_progress():
 
 
 def test_a_long_cooldown_is_capped_at_an_hour_and_logged_once(caplog):
-    caplog.set_level(logging.INFO, logger="shared.backends")
+    caplog.set_level(logging.INFO, logger="shared.upstream.pool")
     clock = Clock()
     pool = pool_of(backend("east"), backend("west"), clock=clock)
     assert pool.record_failure("east", "throttled", {"Retry-After": "86400"}, detail="HTTP 429") == MAX_COOLDOWN
@@ -376,7 +367,7 @@ def test_a_long_cooldown_is_capped_at_an_hour_and_logged_once(caplog):
 
 
 def test_a_misconfigured_backend_is_skipped_for_a_minute_and_logged_once_as_an_error(caplog):
-    caplog.set_level(logging.INFO, logger="shared.backends")
+    caplog.set_level(logging.INFO, logger="shared.upstream.pool")
     clock = Clock()
     pool = pool_of(backend("broken"), backend("fine", 2), clock=clock)
     headers = {"Retry-After": "1"}  # ignored: a 404 does not fix itself in a second

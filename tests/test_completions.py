@@ -276,7 +276,7 @@ def test_an_answer_json_cannot_carry_is_a_coded_502_not_a_500():
     """What the client's scan lets through for large answers (nesting deeper than the encoder
     goes, or a NaN) is refused when the answer is encoded, as upstream_bad_response."""
     from shared.errors import AppError
-    from shared.service import _encode_answer
+    from shared.outcome import encode_answer as _encode_answer
 
     deep: list = []
     for _ in range(100_000):

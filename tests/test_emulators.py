@@ -187,8 +187,8 @@ def test_invalid_bodies_are_400_with_azure_error_shape(emulators, body, param):
 
 @pytest.mark.parametrize("api_version", spec.VERSIONS)
 def test_the_specs_own_example_is_accepted_by_the_emulator_and_the_app(emulators, api_version):
-    from shared.settings import Limits
-    from shared.validation import validate_completion_request
+    from shared.config.settings import Limits
+    from shared.contract.completions import validate_completion_request
 
     body = spec.example(api_version)["parameters"]["body"]
     assert spec.request_errors(api_version, body) == []

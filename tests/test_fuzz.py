@@ -17,8 +17,8 @@ import spec
 from app_client import post_completions
 from devserver.openai_emulator import validate_request as emulator_validates
 from shared.errors import AppError
-from shared.settings import Limits, SettingsError, load_settings
-from shared.validation import validate_completion_request
+from shared.config.settings import Limits, SettingsError, load_settings
+from shared.contract.completions import validate_completion_request
 
 LIMITS = Limits()
 FIELDS = ["prompt", "max_tokens", "temperature", "top_p", "n", "stop", "presence_penalty", "frequency_penalty",

@@ -1,7 +1,7 @@
 """The azd template (azure.yaml, infra/): checked offline, against the app's own code.
 
 * `make infra-check` (pycep-parser + checkov, in .venv-infra) passes, and fails when it should;
-* the function app gets every setting shared/settings.py requires, with values it accepts;
+* the function app gets every setting shared/config/settings.py requires, with values it accepts;
 * identity-based storage and telemetry, the queues, the HTTP concurrency, the optional parts;
 * role assignments use Azure's built-in role definition ids, for the right principals;
 * resource API versions are ones the template cites; no registry modules; the azd wiring.
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bicep_eval import Template, Unresolved, accessor_path
-from shared.settings import QueueNames, RetrySettings, SettingsError, load_settings
+from shared.config.settings import QueueNames, RetrySettings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"

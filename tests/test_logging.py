@@ -39,9 +39,9 @@ def test_logs_never_contain_keys_tokens_or_the_identity_secret(configure_app, em
 
 def test_one_line_per_invocation_with_the_facts(configure_app, caplog):
     configure_app()
-    with caplog.at_level(logging.INFO, logger="shared.service"):
+    with caplog.at_level(logging.INFO, logger="shared.logs"):
         reply = post_completions(SEED, headers={"x-request-id": "req-42"})
-    lines = [r.getMessage() for r in caplog.records if r.name == "shared.service"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "shared.logs"]
     assert len(lines) == 1
     line = lines[0]
     usage = reply.body["usage"]
@@ -66,10 +66,10 @@ def test_prompt_and_completion_text_are_logged_only_when_asked(configure_app, ca
 def test_openai_log_switch_is_warned_about(configure_app, monkeypatch, caplog):
     """openai 0.28 prints request bodies to stderr itself when OPENAI_LOG is set."""
     monkeypatch.setenv("OPENAI_LOG", "debug")
-    with caplog.at_level(logging.WARNING, logger="shared.service"):
+    with caplog.at_level(logging.WARNING, logger="shared.logs"):
         configure_app()
     assert "OPENAI_LOG is set" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="shared.service"):
+    with caplog.at_level(logging.WARNING, logger="shared.logs"):
         configure_app(COMPLETIONS_LOG_TEXT="true")  # text logging asked for: nothing to warn about
     assert "OPENAI_LOG" not in caplog.text

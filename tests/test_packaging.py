@@ -39,7 +39,8 @@ def test_azure_functions_doctor_finds_no_failures_in_the_package(tmp_path):
     for path in deployed_files():
         (package / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / path, package / path)
-    assert {"function_app.py", "host.json", "requirements.txt", "shared/service.py"} <= set(deployed_files())
+    assert {"function_app.py", "host.json", "requirements.txt", "shared/service.py",
+            "shared/config/settings.py"} <= set(deployed_files())
     summary = tmp_path / "summary.json"
     done = subprocess.run([str(DOCTOR), "doctor", "--path", str(package), "--profile", "deploy",
                            "--summary-json", str(summary)], capture_output=True, text=True, timeout=120)
@@ -72,7 +73,8 @@ def test_dev_only_files_never_ship_and_local_settings_are_never_committed():
 
 
 def test_host_json_limits_are_consistent_with_the_app_defaults():
-    from shared.settings import RetrySettings, function_timeout_seconds
+    from shared.config.host_json import function_timeout_seconds
+    from shared.config.settings import RetrySettings
 
     host = json.loads((ROOT / "host.json").read_text())
     assert host["version"] == "2.0"

@@ -210,7 +210,7 @@ def test_health_lists_backends_by_name_only(pool, regions):
 def test_the_log_line_names_the_backend_and_the_failovers(pool, regions, caplog):
     pool({"name": "east", "priority": 1}, {"name": "west", "priority": 2})
     regions["east"].openai_control.faults({"status": 500})
-    with caplog.at_level(logging.INFO, logger="shared.service"):
+    with caplog.at_level(logging.INFO, logger="shared.logs"):
         post_completions(SEED)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("completion request_id="))
     assert "backend=west" in line and "failovers=1" in line and "attempts=2" in line

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from shared.backends import retry_after
-from shared.completion_client import error_for_status
-from shared.retry import RetryPolicy
+from shared.upstream.failures import error_for_status
+from shared.upstream.headers import retry_after
+from shared.upstream.retry import RetryPolicy
 
 POLICY = RetryPolicy(max_retries=3, backoff_base=0.5, backoff_cap=8.0, min_attempt=0.1)
 
@@ -39,7 +39,7 @@ def test_a_request_that_found_nothing_ready_may_wait_once_whatever_the_budget():
     ({"prompt": ["a", "b"], "max_tokens": 10, "n": 2, "best_of": 5}, 100),  # best_of choices are generated
 ])
 def test_a_request_reserves_max_tokens_for_each_choice_of_each_prompt(params, tokens):
-    from shared.completion_client import _tokens_needed
+    from shared.upstream.client import _tokens_needed
 
     assert _tokens_needed(params) == tokens
 

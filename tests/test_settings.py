@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from app_client import SETTING_NAMES
-from shared.settings import (DEFAULT_API_VERSION, DEFAULT_TOKEN_SCOPE, QueueNames, SettingsError,
-                             function_timeout_seconds, load_settings)
+from shared.config.host_json import function_timeout_seconds
+from shared.config.registry import DEFAULT_API_VERSION, DEFAULT_TOKEN_SCOPE
+from shared.config.settings import QueueNames, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"AZURE_OPENAI_ENDPOINT": "https://example.openai.azure.com/",

@@ -25,9 +25,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from app_client import LOOP, SEED, SETTING_NAMES, post_completions, post_many
 from devserver.otlp_receiver import OTLPReceiver, refused_endpoint
-from shared.otel import OTelTelemetry, _CountingBatchSpanProcessor
+from shared.telemetry.otel import OTelTelemetry
+from shared.telemetry.pipeline import _CountingBatchSpanProcessor
 from shared.service import CompletionService
-from shared.telemetry import NOOP, settings_problems, telemetry_from_environ
+from shared.telemetry.hooks import NOOP, InvocationEnd, InvocationStart
+from shared.telemetry.switches import settings_problems, telemetry_from_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = ROOT / "tests" / "telemetry_child.py"
@@ -241,7 +243,7 @@ def test_the_invocation_continues_the_functions_trace_context(recorded):
 
 def test_the_log_line_carries_the_trace_id_when_telemetry_is_on(recorded, configure_app, caplog):
     record = recorded()
-    with caplog.at_level(logging.INFO, logger="shared.service"):
+    with caplog.at_level(logging.INFO, logger="shared.logs"):
         post_completions(SEED)
         configure_app()  # telemetry off
         post_completions(SEED)
@@ -336,9 +338,9 @@ def test_a_full_queue_drops_spans_and_counts_them():
 def test_the_noop_costs_nothing_and_imports_nothing(configure_app):
     service = configure_app()
     assert service.telemetry is NOOP and not NOOP.enabled
-    with NOOP.invocation("http", None) as call:
+    with NOOP.invocation(InvocationStart("http", "text_completion", None, None)) as call:
         assert call.trace_id == ""
-        call.finish(None, None, {})
+        call.finish(InvocationEnd(200, "ok", True))
     assert NOOP.attempt(None, 1, "first").end() is None
 
 
@@ -580,7 +582,7 @@ class SampledRecorded(Recorded):
     """As Recorded, with the sampler the app configures for these settings."""
 
     def __init__(self, environ: dict[str, str]) -> None:
-        from shared.otel import _sampler
+        from shared.telemetry.pipeline import _sampler
 
         self.exporter = InMemorySpanExporter()
         tracer_provider = TracerProvider(sampler=_sampler(environ))
@@ -645,7 +647,7 @@ def test_a_sampled_parent_is_always_recorded(configure_app, monkeypatch):
 def test_a_rate_under_one_trace_a_second_still_samples():
     from opentelemetry.sdk.trace.sampling import Decision
 
-    from shared.otel import RateLimitedSampler
+    from shared.telemetry.pipeline import RateLimitedSampler
 
     sampler = RateLimitedSampler(0.5)
     decisions = [sampler.should_sample(None, trace_id, "x").decision for trace_id in range(1, 5)]

@@ -15,9 +15,9 @@ import openai
 import pytest
 
 from app_client import LOOP, SEED, post_completions, post_many, wait_for
-from shared.credentials import TokenCache
+from shared.upstream.tokens import TokenCache
 from shared.errors import AppError
-from shared.retry import Deadline
+from shared.clock import Deadline
 
 JWT_LOOKALIKE = "eyJhbGciOiJIUzI1NiJ9.eyJzZWNyZXQiOiJ0b2tlbiJ9.c2lnbmF0dXJl"
 
@@ -79,9 +79,9 @@ def test_failing_refresh_keeps_serving_the_valid_cached_token(configure_app, emu
     past_the_refresh_margin()
 
     def warnings() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "shared.credentials"]
+        return [r.getMessage() for r in caplog.records if r.name == "shared.upstream.tokens"]
 
-    with caplog.at_level(logging.WARNING, logger="shared.credentials"):
+    with caplog.at_level(logging.WARNING, logger="shared.upstream.tokens"):
         assert [r.status for r in post_many([SEED] * 5)] == [200] * 5
         assert wait_for(lambda: warnings())
         assert [post_completions(SEED).status for _ in range(5)] == [200] * 5
@@ -161,7 +161,7 @@ def test_token_failures_without_a_cached_token_are_backed_off(configure_app, emu
         clock.advance(1.1)  # the second failure's window is 2 s: still inside it
         post_many([SEED] * 64)
         assert identity_stats(emulators)["token_requests"] == 2
-    assert [r.name for r in caplog.records] == ["shared.credentials"] * 2  # once per failure, not per caller
+    assert [r.name for r in caplog.records] == ["shared.upstream.tokens"] * 2  # once per failure, not per caller
     assert emulator_stats(emulators)["completion_requests"] == 0
     assert JWT_LOOKALIKE not in caplog.text
 
@@ -186,7 +186,7 @@ def test_a_truncated_identity_response_never_logs_the_token(configure_app, emula
         reply = post_completions(SEED)
     assert reply.status == 503
     assert JWT_LOOKALIKE not in caplog.text + "".join(capfd.readouterr())
-    assert any(r.name == "shared.credentials" for r in caplog.records)  # the failure itself is logged, by type
+    assert any(r.name == "shared.upstream.tokens" for r in caplog.records)  # the failure itself is logged, by type
 
 
 def test_a_401_drops_the_cached_token_and_the_next_attempt_gets_a_fresh_one(configure_app, emulators, clock):
@@ -328,8 +328,8 @@ def test_azure_identity_does_not_retry_on_its_own(emulators, monkeypatch):
     """The app's retry policy and deadline decide: one token-endpoint failure is one request."""
     from azure.core.exceptions import ClientAuthenticationError
 
-    from shared.credentials import build_credential
-    from shared.settings import RetrySettings
+    from shared.config.settings import RetrySettings
+    from shared.upstream.credentials import build_credential
 
     monkeypatch.setenv("IDENTITY_ENDPOINT", emulators.identity.endpoint)
     monkeypatch.setenv("IDENTITY_HEADER", emulators.identity.header)

@@ -39,9 +39,9 @@ import aiohttp
 import openai
 from yarl import URL
 
-from .ca_bundle import CA_SETTINGS, ca_file
-from .errors import AppError
-from .settings import SettingsError
+from ..config.ca_bundle import CA_SETTINGS, ca_file
+from ..config.settings import SettingsError
+from ..errors import AppError
 
 
 @dataclass

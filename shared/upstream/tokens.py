@@ -1,4 +1,4 @@
-"""Managed-identity credentials and the process-wide token cache in front of them."""
+"""The process-wide token cache in front of the managed-identity credential (``upstream.credentials``)."""
 
 from __future__ import annotations
 
@@ -7,71 +7,23 @@ import logging
 import re
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Protocol
+from typing import Callable
 
-from .errors import credential_unavailable
-from .retry import SYSTEM_CLOCK, Clock, Deadline
-from .settings import RetrySettings
-from .telemetry import NOOP, Telemetry
+from ..backoff import Backoff
+from ..clock import SYSTEM_CLOCK, Clock, Deadline
+from ..errors import credential_unavailable
+from ..telemetry.hooks import NOOP, Telemetry
+from .credentials import AccessTokenLike, TokenCredentialLike, describe
 
 log = logging.getLogger(__name__)
 
 REFRESH_MARGIN_SECONDS = 300.0  # refresh when the token is this close to expiry
 EXPIRY_SKEW_SECONDS = 10.0  # never send a token with less life left than this
 RETRY_INTERVAL_SECONDS = 2.0  # after a failed refresh, keep using a valid token this long before asking again
-FAILURE_BACKOFF_SECONDS = (1.0, 15.0)  # with no valid token: fail fast for 1 s, 2 s, 4 s ... capped, after failures
+FAILURE_BACKOFF = Backoff(first=1.0, cap=15.0)  # with no valid token: fail fast for 1 s, 2 s, 4 s ... 15 s
 # RFC 6750's b64token: what may follow "Bearer " in a header. Anything else (CR, LF, spaces,
 # non-ASCII) is a broken token endpoint, and must not reach a header or a log line.
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-
-
-class AccessTokenLike(Protocol):
-    token: str
-    expires_on: int
-
-
-class TokenCredentialLike(Protocol):
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessTokenLike: ...
-
-
-def build_credential(auth: str, client_id: str | None, retry: RetrySettings) -> TokenCredentialLike:
-    """The azure-identity credential for the configured auth mode.
-
-    Called by the token cache on a refresh thread, not at import: azure-identity
-    and msal take ~0.1 s to load, which a key-auth app never needs and a
-    managed-identity app pays with its first token request rather than while
-    the host indexes the functions (and never on the event loop). Its own
-    retries are off (``retry_total=0``) and its HTTP timeouts short: the
-    caller's retry policy decides, within the invocation's deadline.
-    """
-    return azure_credential(auth, client_id, retry_total=0, connection_timeout=retry.connect_timeout,
-                            read_timeout=min(retry.read_timeout, 10.0))
-
-
-def azure_credential(auth: str, client_id: str | None, **transport_options: Any) -> TokenCredentialLike:
-    """``managed_identity`` or ``default`` as an azure-identity credential (imported here, when
-    first needed), for the token cache and for App Configuration and Key Vault."""
-    if auth == "managed_identity":
-        from azure.identity import ManagedIdentityCredential
-
-        # ManagedIdentityCredential does not read AZURE_CLIENT_ID itself.
-        return ManagedIdentityCredential(client_id=client_id, **transport_options)
-    if auth == "default":
-        from azure.identity import DefaultAzureCredential
-
-        return DefaultAzureCredential(managed_identity_client_id=client_id, **transport_options)
-    raise ValueError(f"auth mode {auth!r} uses no credential")
-
-
-def quiet_identity_loggers(log_text: bool) -> None:
-    """azure-identity logs a failed token request at WARNING *with the exception's message*,
-    which can hold the token endpoint's raw response (a truncated one holds the token
-    itself), and msal logs response bodies at DEBUG. Unless the operator asked for text
-    logging, keep both where they cannot carry a body; the token cache logs each failure
-    itself, by type."""
-    if not log_text:
-        logging.getLogger("azure.identity").setLevel(logging.ERROR)
-        logging.getLogger("msal").setLevel(logging.WARNING)
 
 
 class CredentialConfigurationError(Exception):
@@ -105,7 +57,7 @@ class TokenCache:
 
     def __init__(self, credential: Callable[[], TokenCredentialLike], scope: str, *,
                  refresh_margin: float = REFRESH_MARGIN_SECONDS, retry_interval: float = RETRY_INTERVAL_SECONDS,
-                 failure_backoff: tuple[float, float] = FAILURE_BACKOFF_SECONDS, clock: Clock = SYSTEM_CLOCK,
+                 failure_backoff: Backoff = FAILURE_BACKOFF, clock: Clock = SYSTEM_CLOCK,
                  telemetry: Telemetry = NOOP) -> None:
         """``credential`` makes the credential; it is called by the first refresh (and after failures)."""
         self._make_credential = credential
@@ -142,9 +94,8 @@ class TokenCache:
         except CredentialConfigurationError:
             raise credential_unavailable(retryable=False) from None
         except TimeoutError:  # the caller's deadline, not the endpoint's answer: the refresh goes on
-            error = credential_unavailable(retry_after=self._retry_after(self._clock.time()))
-            error.deadline_exhausted = True
-            raise error from None
+            raise credential_unavailable(retry_after=self._retry_after(self._clock.time()),
+                                         deadline_exhausted=True) from None
         except Exception:  # noqa: BLE001 - failed (the refresh thread logged why)
             raise credential_unavailable(retry_after=self._retry_after(self._clock.time())) from None
 
@@ -196,17 +147,16 @@ class TokenCache:
             raise InvalidToken("the token has already expired")
 
     def _failed(self, exc: Exception) -> None:
-        low, high = self._failure_backoff
         with self._lock:
             now = self._clock.time()
             self._refresh = None
             self._credential = None  # a new one next time: msal would replay this failure
             self._failures += 1
-            self._failed_until = now + min(high, low * 2 ** (self._failures - 1))
+            self._failed_until = now + self._failure_backoff.delay(self._failures)
             self._failure_retryable = not isinstance(exc, CredentialConfigurationError)
             self._next_refresh_at = now + self._retry_interval
             previous = self._token
-        self._telemetry.token_refresh(exc)
+        self._telemetry.token_refresh(type(exc).__name__)
         left = (previous.expires_on - now) if previous is not None else 0
         if left > EXPIRY_SKEW_SECONDS:
             log.warning("token refresh failed (%s); keeping the cached token, valid for %d s more",
@@ -222,11 +172,3 @@ class TokenCache:
             except Exception as exc:  # noqa: BLE001 - e.g. an invalid identity configuration
                 raise CredentialConfigurationError(type(exc).__name__) from exc
         return self._credential
-
-
-def describe(exc: BaseException) -> str:
-    """An exception's type (and HTTP status, when it has one), never its message: the
-    message of a token-endpoint or transport error can hold a response body or a header
-    value, and so a token."""
-    status = getattr(exc, "status_code", None)
-    return f"{type(exc).__name__}, HTTP {status}" if isinstance(status, int) else type(exc).__name__

@@ -41,13 +41,10 @@ Provider behaviours this module relies on or works around (azure-appconfiguratio
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import math
-import os
 import random
-import re
 import threading
 import time
 from concurrent.futures import Future
@@ -56,133 +53,21 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from .ca_bundle import ca_file, ca_problems
-from .credentials import azure_credential
-from .protected_settings import is_bootstrap_name
-from .settings import STORE_SETTINGS, SettingsError
+from ..backoff import Backoff
+from ..upstream.credentials import azure_credential
+from .appconfig_bootstrap import AppConfigBootstrap
+from .appconfig_failures import describe_failure, failure_reason, is_azure_error, verify_vault_challenge
+from .protected import is_bootstrap_name
+from .settings import SettingsError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KEY_PREFIX = "completions:"
-DEFAULT_SENTINEL = "completions:sentinel"
-DEFAULT_REFRESH_SECONDS = 30.0
-AUTH_MODES = ("managed_identity", "default")
 NULL_LABEL = "\0"  # App Configuration's "no label" in filters
 # The SDK clients' own retries and timeouts: short, since our loop retries.
 CLIENT_OPTIONS = {"retry_total": 1, "retry_backoff_factor": 0.5, "retry_backoff_max": 2,
                   "connection_timeout": 5.0, "read_timeout": 10.0}
 CREDENTIAL_OPTIONS = {"retry_total": 0, "connection_timeout": 5.0, "read_timeout": 10.0}
 PROVIDER_REFRESH_FLOOR_SECONDS = 1  # the provider's minimum refresh_interval
-
-
-# -- bootstrap ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class AppConfigBootstrap:
-    """Where the store is and how to read it; validated once, from app settings only."""
-
-    endpoint: str | None
-    connection_string: str | None = field(default=None, repr=False)
-    key_prefix: str = DEFAULT_KEY_PREFIX
-    label: str | None = None
-    sentinel: str = DEFAULT_SENTINEL
-    refresh_seconds: float = DEFAULT_REFRESH_SECONDS
-    auth: str = "managed_identity"
-    client_id: str | None = None
-    ca_file: str | None = None  # REQUESTS_CA_BUNDLE or SSL_CERT_FILE (shared.ca_bundle); None: default roots
-
-    @property
-    def store_setting(self) -> str:
-        """The setting that names the store (what a 503 points at when it cannot be read)."""
-        return "AZURE_APPCONFIG_ENDPOINT" if self.endpoint else "AZURE_APPCONFIG_CONNECTION_STRING"
-
-    @property
-    def store_url(self) -> str:
-        """The store's endpoint, from AZURE_APPCONFIG_ENDPOINT or the connection string."""
-        if self.endpoint:
-            return self.endpoint
-        return _connection_string_parts(self.connection_string or "").get("Endpoint", "")
-
-    @property
-    def trimmed_sentinel(self) -> str | None:
-        """The sentinel's name after prefix trimming, when it lies under the prefix."""
-        return self.sentinel[len(self.key_prefix):] if self.sentinel.startswith(self.key_prefix) else None
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> "AppConfigBootstrap | None":
-        """The bootstrap settings; None when no store is configured. Raises SettingsError
-        naming bad settings (never their values)."""
-        env = os.environ if environ is None else environ
-        problems: dict[str, str] = {}
-
-        def text(name: str) -> str | None:
-            value = env.get(name)
-            return value.strip() if value and value.strip() else None
-
-        endpoint, connection_string = (text(name) for name in STORE_SETTINGS)
-        if endpoint is None and connection_string is None:
-            return None
-        if endpoint is not None and connection_string is not None:
-            problems["AZURE_APPCONFIG_CONNECTION_STRING"] = "must not be set together with AZURE_APPCONFIG_ENDPOINT"
-        if endpoint is not None:
-            endpoint = _store_url(endpoint, "AZURE_APPCONFIG_ENDPOINT", problems)
-        if connection_string is not None and not _connection_string_valid(connection_string):
-            problems["AZURE_APPCONFIG_CONNECTION_STRING"] = "must be Endpoint=https://…;Id=…;Secret=… (an access key)"
-
-        prefix = env.get("AZURE_APPCONFIG_KEY_PREFIX")
-        prefix = DEFAULT_KEY_PREFIX if prefix is None or not prefix.strip() else prefix.strip()
-        if re.search(r"[*,\\]", prefix):
-            problems["AZURE_APPCONFIG_KEY_PREFIX"] = "must not contain * , or \\"
-        label = text("AZURE_APPCONFIG_LABEL")
-        if label is not None and (re.search(r"[*,\\\0]", label)):
-            problems["AZURE_APPCONFIG_LABEL"] = "must be one label: no * , \\"
-        sentinel = text("AZURE_APPCONFIG_SENTINEL") or DEFAULT_SENTINEL
-        if re.search(r"[*,\\]", sentinel):
-            problems["AZURE_APPCONFIG_SENTINEL"] = "must be one key: no * , \\"
-        refresh = DEFAULT_REFRESH_SECONDS
-        raw_refresh = text("AZURE_APPCONFIG_REFRESH_SECONDS")
-        if raw_refresh is not None:
-            try:
-                refresh = float(raw_refresh)
-            except ValueError:
-                refresh = math.nan
-            if not (math.isfinite(refresh) and 1 <= refresh <= 86400):
-                problems["AZURE_APPCONFIG_REFRESH_SECONDS"] = "must be a number of seconds between 1 and 86400"
-                refresh = DEFAULT_REFRESH_SECONDS
-        auth = (text("AZURE_APPCONFIG_AUTH") or "").lower()
-        if not auth:  # follow the app's own mode: `default` is local development (az login)
-            auth = "default" if (text("AZURE_OPENAI_AUTH") or "").lower() == "default" else "managed_identity"
-        elif auth not in AUTH_MODES:
-            problems["AZURE_APPCONFIG_AUTH"] = f"must be one of {', '.join(AUTH_MODES)}"
-        problems.update(ca_problems(env))
-        if problems:
-            raise SettingsError(problems)
-        return cls(endpoint=endpoint, connection_string=connection_string, key_prefix=prefix, label=label,
-                   sentinel=sentinel, refresh_seconds=refresh, auth=auth, client_id=text("AZURE_CLIENT_ID"),
-                   ca_file=ca_file(env))
-
-
-def _store_url(value: str, name: str, problems: dict[str, str]) -> str:
-    try:
-        url = urlsplit(value)
-        host = url.hostname
-    except ValueError:
-        url, host = None, None
-    if url is None or url.scheme != "https" or not host or url.query or url.fragment or url.path not in ("", "/"):
-        problems[name] = "must be https://<store>.azconfig.io"
-    return value.rstrip("/")
-
-
-def _connection_string_parts(value: str) -> dict[str, str]:
-    return dict(segment.strip().split("=", 1) for segment in value.split(";") if "=" in segment)
-
-
-def _connection_string_valid(value: str) -> bool:
-    parts = _connection_string_parts(value)
-    if len(value.split(";")) != 3 or set(parts) != {"Endpoint", "Id", "Secret"} or not all(parts.values()):
-        return False
-    problems: dict[str, str] = {}
-    _store_url(parts["Endpoint"], "endpoint", problems)
-    return not problems
 
 
 # -- state ---------------------------------------------------------------------------
@@ -201,21 +86,7 @@ LOADING = LoadState("loading")
 LOADED = LoadState("loaded")
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Delays between failed loads: first, first*factor, ... up to cap, each scaled by ±jitter."""
-
-    first: float = 1.0
-    factor: float = 2.0
-    cap: float = 60.0
-    jitter: float = 0.2
-
-    def delay(self, failures: int, rand: Callable[[], float] = random.random) -> float:
-        base = min(self.cap, self.first * self.factor ** max(0, failures - 1))
-        return base * (1 - self.jitter + 2 * self.jitter * rand())
-
-
-DEFAULT_BACKOFF = Backoff()
+DEFAULT_BACKOFF = Backoff(first=1.0, cap=60.0, jitter=(0.8, 1.2))  # between failed loads
 
 
 # -- the source ------------------------------------------------------------------------
@@ -321,9 +192,9 @@ class AppConfigSource:
             try:
                 loaded = self._first_values(self._load())
             except Exception as exc:  # noqa: BLE001 - every failure is a reason and a retry, never a crash
-                reason = _reason(exc)
+                reason = failure_reason(exc)
                 self._state = LoadState("failed", reason, {self.bootstrap.store_setting: reason})
-                self._report_error(reason, "load", _describe(exc))
+                self._report_error(reason, "load", describe_failure(exc))
             finally:
                 if not self.first_attempt.done():  # whatever happened, waiters learn the state
                     self.first_attempt.set_result(self._state)
@@ -395,7 +266,7 @@ class AppConfigSource:
         try:
             outcome = self._check()
         except Exception as exc:  # noqa: BLE001 - e.g. a malformed Key Vault reference: logged, retried
-            self._report_error(_reason(exc), "refresh", _describe(exc))
+            self._report_error(failure_reason(exc), "refresh", describe_failure(exc))
         finally:
             with self._lock:
                 self._refresh = None
@@ -409,8 +280,8 @@ class AppConfigSource:
         responses: list[int] = []
         provider.refresh(raw_response_hook=lambda response: responses.append(response.http_response.status_code))
         error = self._refresh_error
-        if error is not None and (responses or _is_azure_error(error)):
-            self._report_error(_reason(error), "refresh", _describe(error))
+        if error is not None and (responses or is_azure_error(error)):
+            self._report_error(failure_reason(error), "refresh", describe_failure(error))
             return "failed"
         if self._changed:
             return self._changed_values(self._values(provider))
@@ -490,7 +361,7 @@ class AppConfigSource:
             return client.get_secret(identifier.name, version=identifier.version).value
         except Exception as exc:
             log.warning("App Configuration: Key Vault reference to secret %r on %s not resolved (%s)",
-                        identifier.name, urlsplit(identifier.vault_url).hostname, _describe(exc))
+                        identifier.name, urlsplit(identifier.vault_url).hostname, describe_failure(exc))
             raise
 
     # -- errors, logged once -------------------------------------------------------------
@@ -510,66 +381,3 @@ class AppConfigSource:
             previous, self._last_error = self._last_error, None
         if previous is not None:
             log.info("App Configuration: recovered from: %s", previous)
-
-
-def _is_azure_error(exc: BaseException) -> bool:
-    from azure.core.exceptions import AzureError
-
-    return isinstance(exc, AzureError)
-
-
-def verify_vault_challenge(store_url: str, vault_url: str) -> bool:
-    """Whether the Key Vault client must check that the vault's auth challenge names a Key
-    Vault resource. Always, except for local stand-ins: a vault on loopback referenced from a
-    store on loopback (development). The reference comes from the store, so a store in Azure
-    naming a loopback "vault" must not get a token for whatever resource that listener names."""
-    return not (_is_loopback(store_url) and _is_loopback(vault_url))
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """The exception, what it wraps, and (for the provider's TimeoutError) each attempt's error."""
-    seen: list[BaseException] = []
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        current = pending.pop(0)
-        if current is None or any(current is known for known in seen):
-            continue
-        seen.append(current)
-        args = getattr(current, "args", ())
-        if len(args) > 1 and isinstance(args[1], list):  # TimeoutError(message, [errors of each attempt])
-            pending.extend(error for error in args[1] if isinstance(error, BaseException))
-        pending.extend([current.__cause__, current.__context__])
-    return seen
-
-
-def _reason(exc: BaseException) -> str:
-    from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
-
-    causes = _causes(exc)
-    if any(isinstance(c, ClientAuthenticationError) or (isinstance(c, HttpResponseError)
-                                                         and c.status_code in (401, 403)) for c in causes):
-        return "unauthorized"
-    if any(isinstance(c, (AzureError, OSError)) for c in causes):
-        return "unreachable"
-    return "invalid"
-
-
-def _describe(exc: BaseException) -> str:
-    """Exception types (and HTTP statuses) of the failure: enough to act on, no bodies, no values."""
-    parts = []
-    for cause in _causes(exc):
-        if isinstance(cause, TimeoutError) and len(cause.args) > 1:
-            continue  # the provider's wrapper: its attempts follow
-        status = getattr(cause, "status_code", None)
-        parts.append(type(cause).__name__ + (f" {status}" if status else ""))
-    return ", ".join(dict.fromkeys(parts)) or type(exc).__name__

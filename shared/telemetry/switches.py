@@ -1,4 +1,4 @@
-"""Telemetry switches, and the no-op telemetry every component holds when they are off.
+"""Telemetry switches: whether metrics and traces go anywhere, and the settings checked first.
 
 The app emits OpenTelemetry metrics and traces only when one of the standard
 switches is set:
@@ -8,18 +8,12 @@ switches is set:
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` → the OTLP/HTTP exporter sends them to any
   OTLP backend (with both set, to both).
 
-With neither, this module is all that loads: no OpenTelemetry SDK, API or
-exporter is imported (cold start unchanged), and every hook is a method that
-does nothing. With a switch, ``shared.otel`` (the real implementation) is
-imported once, at ``telemetry_from_environ()``. A malformed setting is logged
-once, by name (never its value: headers and connection strings hold keys), and
-telemetry stays off; nothing here raises into indexing or a request.
-
-The components call the hooks below at a few named points: the service around
-each invocation (``invocation``), the client at each upstream attempt, slot wait
-and retry round (``attempt``, ``slot_wait``, ``retry_wait``), the token cache at
-each refresh (``token_refresh``), and function_app around each trigger
-(``continue_trace``: the Functions host's trace context).
+With neither, this module and ``telemetry.hooks`` are all that load: no
+OpenTelemetry SDK, API or exporter is imported (cold start unchanged). With a
+switch, ``telemetry.pipeline`` is imported once, at ``telemetry_from_environ()``.
+A malformed setting is logged once, by name (never its value: headers and
+connection strings hold keys), and telemetry stays off; nothing here raises into
+indexing or a request.
 """
 
 from __future__ import annotations
@@ -27,15 +21,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, Mapping
+from typing import Mapping
 from urllib.parse import urlsplit
+
+from ..config import registry as R
+from .hooks import NOOP, Telemetry
 
 log = logging.getLogger(__name__)
 
-CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
-OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
-# The worker configures Azure Monitor itself when this is true (see README, "Observability").
-WORKER_TELEMETRY = "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"
+CONNECTION_STRING = R.APPINSIGHTS_CONNECTION_STRING.name
+OTLP_ENDPOINT = R.OTLP_ENDPOINT.name
 SUPPORTED_OTLP_PROTOCOLS = ("http/protobuf",)
 
 # OTEL_EXPORTER_OTLP_HEADERS: "name=value,name=value" (W3C baggage form; values URL-encoded
@@ -44,96 +39,10 @@ SUPPORTED_OTLP_PROTOCOLS = ("http/protobuf",)
 _HEADER_ENTRY = re.compile(r"[ \t]*[!#-'*+\-.0-9A-Z^-z|~]+[ \t]*=[ \t]*[ !#-+\--:<-\[\]-~]*[ \t]*")
 
 
-class TelemetrySettingError(Exception):
-    """A telemetry setting the SDK would refuse; the message names it, never its value."""
-
-
-class Attempt:
-    """One upstream attempt, as the client reports it (no-op)."""
-
-    __slots__ = ()
-
-    def end(self, error: Any = None, status: int | None = None) -> None:
-        """The attempt ended: with ``error`` (an AppError) or, when None, a success."""
-
-
-class Invocation:
-    """One invocation of the completion pipeline, as the service reports it (no-op)."""
-
-    __slots__ = ()
-    trace_id = ""  # the W3C trace id (32 hex digits) for the log line; empty when telemetry is off
-
-    def __enter__(self) -> "Invocation":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def finish(self, outcome: Any, result: Any, params: Mapping[str, Any]) -> None:
-        """The invocation's outcome (``service.Outcome``), its ``UpstreamResult`` (None on
-        failure) and its validated parameters (empty when validation failed)."""
-
-
-class _NullContext:
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-NULL_ATTEMPT = Attempt()
-NULL_INVOCATION = Invocation()
-NULL_CONTEXT = _NullContext()
-
-
-class Telemetry:
-    """The hooks the app calls. This base class is the no-op used when telemetry is off:
-    each hook costs one method call. ``shared.otel.OTelTelemetry`` implements them."""
-
-    enabled = False
-
-    def continue_trace(self, context: Any) -> Any:
-        """A context manager under which work continues the trace of ``context``, the
-        invocation's ``func.Context`` (its ``trace_context.trace_parent``); None: no parent."""
-        return NULL_CONTEXT
-
-    def invocation(self, source: str, settings: Any, request_id: str | None = None) -> Invocation:
-        """A context manager around one invocation from ``source`` (http, queue, eventgrid);
-        ``settings`` are the service's (None when it is not configured)."""
-        return NULL_INVOCATION
-
-    def slot_wait(self, seconds: float, timed_out: bool = False) -> None:
-        """Time the invocation waited for one of the instance's concurrency slots (called only
-        when every slot was taken)."""
-
-    def attempt(self, backend: Any, number: int, kind: str) -> Attempt:
-        """An upstream attempt starts: ``kind`` is ``first``, ``failover`` (another backend at
-        once after a failure) or ``retry`` (after a wait for recovery, or a refused token)."""
-        return NULL_ATTEMPT
-
-    def retry_wait(self, seconds: float) -> None:
-        """No backend is ready: the invocation waits ``seconds`` for the next round."""
-
-    def token_refresh(self, error: BaseException | None = None) -> None:
-        """A token request ended (on the token cache's refresh thread)."""
-
-    def flush(self, timeout_millis: int = 10_000) -> None:
-        """Export what is pending now (tests, benchmarks; never on a request)."""
-
-    def shutdown(self) -> None:
-        """Flush and stop the exporters (process exit only, never on a request)."""
-
-
-NOOP = Telemetry()
-
-
 def switches(environ: Mapping[str, str]) -> tuple[bool, bool]:
     """(Application Insights, OTLP): which exporters the settings ask for. Neither when
     ``OTEL_SDK_DISABLED`` is true (read as the SDK reads it), which would make them no-ops."""
-    if (environ.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
+    if (environ.get(R.OTEL_SDK_DISABLED.name) or "").strip().lower() == "true":
         return False, False
     return bool((environ.get(CONNECTION_STRING) or "").strip()), bool((environ.get(OTLP_ENDPOINT) or "").strip())
 
@@ -210,11 +119,12 @@ def telemetry_from_environ(environ: Mapping[str, str] | None = None) -> Telemetr
         log.error("telemetry is off: %s", "; ".join(f"{name} {reason}" for name, reason in sorted(problems.items())))
         return NOOP
     try:
-        from . import otel  # the SDK, the exporters (and, for Application Insights, the distro) load here
+        from .pipeline import TelemetrySettingError, configure  # the SDK and the exporters load here
 
-        return otel.configure(environ)
-    except TelemetrySettingError as exc:
-        log.error("telemetry is off: %s", exc)
+        try:
+            return configure(environ, insights=insights, otlp=otlp)
+        except TelemetrySettingError as exc:
+            log.error("telemetry is off: %s", exc)
     except Exception as exc:  # noqa: BLE001 - telemetry never breaks indexing; the type says enough
         log.error("telemetry is off: configuring it failed (%s)", type(exc).__name__)
     return NOOP

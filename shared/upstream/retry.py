@@ -1,44 +1,16 @@
-"""Time, deadlines and the retry policy for upstream calls.
+"""The retry policy for upstream calls: whether and how long to wait before another round.
 
-The policy says *whether* and *how long* to wait before another attempt; the
-client (``completion_client.py``) does the waiting and the calling. Keeping
-them apart (as urllib3's ``Retry`` and tenacity do) makes the policy testable
-without sockets, and lets the client combine it with failover across backends.
-Time is read through a ``Clock`` so tests can skip waits instead of sleeping.
+The client (``upstream.client``) does the waiting and the calling. Keeping them
+apart (as urllib3's ``Retry`` and tenacity do) makes the policy testable without
+sockets, and lets the client combine it with failover across backends.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
 from dataclasses import dataclass
 
-
-class Clock:
-    """Time as the app reads it: ``monotonic()`` for deadlines and waits, ``time()``
-    (epoch seconds) for token expiry, ``sleep()`` to wait. Tests inject a clock
-    whose ``sleep`` skips ahead instead of waiting."""
-
-    monotonic = staticmethod(time.monotonic)
-    time = staticmethod(time.time)
-    sleep = staticmethod(asyncio.sleep)
-
-
-SYSTEM_CLOCK = Clock()
-
-
-class Deadline:
-    """A point in (the clock's) monotonic time by which an invocation must have answered."""
-
-    __slots__ = ("expires_at", "_clock")
-
-    def __init__(self, seconds: float, clock: Clock = SYSTEM_CLOCK) -> None:
-        self._clock = clock
-        self.expires_at = clock.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return max(0.0, self.expires_at - self._clock.monotonic())
+from ..backoff import Backoff
 
 
 @dataclass(frozen=True)
@@ -60,8 +32,8 @@ class RetryPolicy:
 
     def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
         """Full jitter: uniform(0, min(cap, base * 2**(n-1)))."""
-        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** max(0, retry_number - 1))
-        return (rng or random).uniform(0, ceiling)
+        return Backoff(self.backoff_base, self.backoff_cap, jitter=(0.0, 1.0)).delay(
+            retry_number, (rng or random).random)
 
     def next_round(self, rounds_done: int, wait: float, remaining: float, *, attempted: bool) -> float | None:
         """Seconds to wait before round ``rounds_done + 1`` (``wait``: until a backend is ready

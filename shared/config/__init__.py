@@ -1,0 +1,1 @@
+"""Settings: one registry of every setting, the loaders, App Configuration, the pool's entries."""

@@ -1,0 +1,207 @@
+"""Application settings: read from the environment once per process, validated, frozen.
+
+Azure Functions exposes app settings (and ``local.settings.json`` ``Values``
+locally) as environment variables. Each setting is described once, in
+``config.registry``; problems name the setting but never echo its value: a value
+may be a key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, NamedTuple
+
+from . import registry as R
+from .backends import BackendSettings, Defaults, parse_backends
+from .ca_bundle import ca_problems
+from .endpoints import api_version_problem, deployment_problem, endpoint_problem
+from .host_json import function_timeout_seconds
+from .reader import Reader
+
+# Azure's HTTP front end cuts any response at 230 s, whatever functionTimeout says.
+FRONT_END_LIMIT_SECONDS = 230.0
+SEED_API_TYPES = {"azure": "key", "azure_ad": "managed_identity", "azuread": "managed_identity"}
+# Either names an Azure App Configuration store (config.appconfig, imported only then).
+STORE_SETTINGS = (R.APPCONFIG_ENDPOINT.name, R.APPCONFIG_CONNECTION_STRING.name)
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    """The single-endpoint settings; with AZURE_OPENAI_BACKENDS, only the defaults its entries inherit."""
+
+    endpoint: str  # without trailing slash: openai appends "/openai/deployments/..."
+    deployment: str
+    api_version: str
+    auth: str
+    api_key: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    token_scope: str = R.DEFAULT_TOKEN_SCOPE
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    connect_timeout: float = R.CONNECT_TIMEOUT.default
+    read_timeout: float = R.TIMEOUT.default  # per attempt, in total (connect, send, wait, read)
+    max_retries: int = R.MAX_RETRIES.default
+    deadline: float = R.DEADLINE.default  # whole invocation
+    max_concurrency: int = R.MAX_CONCURRENCY.default  # upstream calls in flight per instance
+    max_connections: int = R.MAX_CONCURRENCY.default  # kept-alive TCP connections per upstream host
+    max_response_bytes: int = R.MAX_RESPONSE_BYTES.default  # larger upstream answers are refused as they arrive
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_body_bytes: int = R.MAX_BODY_BYTES.default
+    max_prompts: int = R.MAX_PROMPTS.default
+    max_tokens: int = R.MAX_TOKENS.default
+    max_n: int = R.MAX_N.default
+    max_best_of: int = R.MAX_BEST_OF.default
+
+
+def single_backend(upstream: UpstreamSettings) -> BackendSettings:
+    """The pool of one the single-endpoint settings describe."""
+    return BackendSettings(name="default", endpoint=upstream.endpoint, deployment=upstream.deployment,
+                           api_version=upstream.api_version, auth=upstream.auth, api_key=upstream.api_key,
+                           client_id=upstream.client_id, token_scope=upstream.token_scope)
+
+
+@dataclass(frozen=True)
+class Settings:
+    upstream: UpstreamSettings
+    retry: RetrySettings = RetrySettings()
+    limits: Limits = Limits()
+    log_text: bool = False
+    backends: tuple[BackendSettings, ...] = ()  # what the client calls: never empty once loaded
+
+    def __post_init__(self) -> None:
+        if not self.backends:
+            object.__setattr__(self, "backends", (single_backend(self.upstream),))
+
+
+class QueueNames(NamedTuple):
+    """Queue names for the event-driven functions (binding metadata, read at indexing)."""
+
+    requests: str = R.REQUEST_QUEUE.default
+    results: str = R.RESULT_QUEUE.default
+
+    @property
+    def poison(self) -> str:
+        return f"{self.requests}-poison"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> QueueNames:
+        read = Reader(environ)
+        return cls(read.text(R.REQUEST_QUEUE) or cls().requests, read.text(R.RESULT_QUEUE) or cls().results)
+
+
+class SettingsError(Exception):
+    """One or more settings are missing or invalid; ``problems`` maps name -> reason."""
+
+    def __init__(self, problems: dict[str, str]):
+        self.problems = problems
+        super().__init__("; ".join(f"{name} {reason}" for name, reason in problems.items()))
+
+
+def _auth_mode(read: Reader) -> str:
+    if read.raw(R.AUTH) is not None:
+        return read.choice(R.AUTH)
+    seed_type = read.raw(R.SEED_API_TYPE)
+    if seed_type is not None:
+        if seed_type.lower() not in SEED_API_TYPES:
+            read.problems[R.SEED_API_TYPE.name] = "must be azure or azure_ad"
+            return R.AUTH.default
+        return SEED_API_TYPES[seed_type.lower()]
+    return R.AUTH.default
+
+
+def _checked(read: Reader, setting: R.Setting, rule: Callable[[str], str | None], *, required: bool,
+             default: str | None = None) -> str | None:
+    """The setting's value when it passes ``rule``; a problem when it fails or is required and absent."""
+    value = read.text(setting, default)
+    if value is None:
+        if required:
+            read.problems[setting.name] = "is required"
+        return None
+    problem = rule(value)
+    if problem is not None:
+        read.problems[setting.name] = problem
+        return None
+    return value
+
+
+def _deadline(read: Reader, function_timeout: Callable[[], float | None]) -> float:
+    """AZURE_OPENAI_DEADLINE: under Azure's 230 s HTTP cut-off and host.json's functionTimeout;
+    by default 120 s, or less to leave a tenth of the cap for everything around the call."""
+    cap = FRONT_END_LIMIT_SECONDS
+    host_timeout = function_timeout()
+    if host_timeout is not None:
+        cap = min(cap, host_timeout)
+    default = min(R.DEADLINE.default, 0.9 * cap)
+    deadline = read.number(R.DEADLINE, default)
+    if deadline >= cap and R.DEADLINE.name not in read.problems:
+        where = "host.json functionTimeout" if cap < FRONT_END_LIMIT_SECONDS else "Azure's 230 s HTTP limit"
+        read.problems[R.DEADLINE.name] = f"must stay under {where} ({cap:g} s)"
+        deadline = default
+    return deadline
+
+
+def invocation_deadline(environ: Mapping[str, str], *,
+                        function_timeout: Callable[[], float | None] = function_timeout_seconds) -> float:
+    """The deadline an invocation has before the other settings are known (while App
+    Configuration loads): AZURE_OPENAI_DEADLINE as load_settings reads it, its default
+    when it is absent or invalid."""
+    return _deadline(Reader(environ), function_timeout)
+
+
+def _upstream(read: Reader, pooled: bool) -> UpstreamSettings:
+    """The single-endpoint settings (required unless AZURE_OPENAI_BACKENDS lists the backends)."""
+    auth = _auth_mode(read)
+    endpoint = _checked(read, R.ENDPOINT, endpoint_problem, required=not pooled)
+    deployment = _checked(read, R.DEPLOYMENT, deployment_problem, required=not pooled)
+    api_version = read.text(R.API_VERSION) or R.API_VERSION.default
+    if (problem := api_version_problem(api_version)) is not None:
+        read.problems[R.API_VERSION.name] = problem
+    api_key = read.text(R.API_KEY)
+    if auth == "key" and api_key is None and not pooled:
+        read.problems[R.API_KEY.name] = "is required when AZURE_OPENAI_AUTH is key"
+    return UpstreamSettings(endpoint=(endpoint or "").rstrip("/"), deployment=deployment or "",
+                            api_version=api_version, auth=auth, api_key=api_key, client_id=read.text(R.CLIENT_ID),
+                            token_scope=read.text(R.TOKEN_SCOPE) or "")
+
+
+def _retry(read: Reader, function_timeout: Callable[[], float | None]) -> RetrySettings:
+    deadline = _deadline(read, function_timeout)
+    concurrency = read.integer(R.MAX_CONCURRENCY)
+    return RetrySettings(
+        connect_timeout=read.number(R.CONNECT_TIMEOUT), read_timeout=read.number(R.TIMEOUT),
+        max_retries=read.integer(R.MAX_RETRIES), deadline=deadline, max_concurrency=concurrency,
+        max_connections=read.integer(R.MAX_CONNECTIONS, concurrency),
+        max_response_bytes=read.integer(R.MAX_RESPONSE_BYTES))
+
+
+def _limits(read: Reader) -> Limits:
+    return Limits(max_body_bytes=read.integer(R.MAX_BODY_BYTES), max_prompts=read.integer(R.MAX_PROMPTS),
+                  max_tokens=read.integer(R.MAX_TOKENS), max_n=read.integer(R.MAX_N),
+                  max_best_of=read.integer(R.MAX_BEST_OF))
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *,
+                  function_timeout: Callable[[], float | None] = function_timeout_seconds) -> Settings:
+    """Settings from ``environ`` (default: the process environment); raises SettingsError."""
+    read = Reader(os.environ if environ is None else environ)
+    pooled = read.raw(R.BACKENDS) is not None  # then the single-endpoint settings are only defaults
+    upstream = _upstream(read, pooled)
+    backends: tuple[BackendSettings, ...] = ()
+    if pooled:
+        backends, problems = parse_backends(read.environ, Defaults(
+            deployment=upstream.deployment or None, api_version=upstream.api_version, auth=upstream.auth,
+            client_id=upstream.client_id, token_scope=upstream.token_scope))
+        read.problems.update(problems)
+    retry, limits, log_text = _retry(read, function_timeout), _limits(read), read.flag(R.LOG_TEXT)
+    read.problems.update(ca_problems(read.environ))  # outbound HTTPS trusts that file: it must be usable
+    if read.problems:
+        raise SettingsError(read.problems)
+    return Settings(upstream=upstream, retry=retry, limits=limits, log_text=log_text, backends=backends)

@@ -1,0 +1,87 @@
+"""Request validation: the caller's JSON becomes the exact parameters sent upstream.
+
+Ranges follow the Azure OpenAI spec (``createCompletionRequest``), tightened by
+the app's limits so one caller cannot spend unbounded tokens. Booleans are not
+numbers and ``1.0`` is not an integer. Anything accepted here is accepted by the
+service, so an invalid request never costs an upstream call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config.settings import Limits
+from ..errors import invalid_request
+from .fields import INT64, integer, is_int, number, string, strings
+
+
+ALLOWED = frozenset({
+    "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "presence_penalty", "frequency_penalty",
+    "logit_bias", "user", "logprobs", "echo", "suffix", "best_of", "seed", "stream",
+})
+
+
+def validate_completion_request(data: Any, limits: Limits) -> dict[str, Any]:
+    """The parameters to send upstream, or AppError 400 ``invalid_request`` naming ``param``."""
+    if not isinstance(data, dict):
+        raise invalid_request("The body must be a JSON object.")
+    unknown = sorted(set(data) - ALLOWED)
+    if unknown:
+        raise invalid_request(f"Unknown field(s): {', '.join(unknown)}.", unknown[0])
+    params = {name: value for name, value in data.items() if value is not None}
+    if "prompt" not in params:
+        raise invalid_request("'prompt' is required.", "prompt")
+    strings(params["prompt"], "prompt", most=limits.max_prompts, what="the text to complete")
+    if "stop" in params:
+        strings(params["stop"], "stop", most=4, what="stop sequences")
+
+    integer(params, "max_tokens", 1, limits.max_tokens)
+    integer(params, "n", 1, limits.max_n)
+    integer(params, "best_of", 1, limits.max_best_of)
+    integer(params, "logprobs", 0, 5)
+    integer(params, "seed", -INT64, INT64 - 1)
+    number(params, "temperature", 0, 2)
+    number(params, "top_p", 0, 1)
+    number(params, "presence_penalty", -2, 2)
+    number(params, "frequency_penalty", -2, 2)
+    string(params, "user")
+    string(params, "suffix")
+    if "best_of" in params and params["best_of"] < params.get("n", 1):
+        raise invalid_request("'best_of' must be greater than or equal to 'n'.", "best_of")
+    if "echo" in params and type(params["echo"]) is not bool:
+        raise invalid_request("'echo' must be true or false.", "echo")
+    if "stream" in params:
+        if type(params["stream"]) is not bool:
+            raise invalid_request("'stream' must be true or false.", "stream")
+        if params.pop("stream"):
+            raise invalid_request("Streaming is not supported by this endpoint yet; omit 'stream'.", "stream")
+    if "logit_bias" in params:
+        bias = params["logit_bias"]
+        if not isinstance(bias, dict) or not all(
+                token.isascii() and token.isdigit() and is_int(value) and -100 <= value <= 100
+                for token, value in bias.items()):
+            raise invalid_request("'logit_bias' must map token ids (digit strings) to integers from -100 "
+                                  "to 100.", "logit_bias")
+    return params
+
+
+def shape_response(upstream: dict[str, Any], deployment: str, backend: str) -> dict[str, Any]:
+    """The app's 200 body: the upstream's fields the contract names, plus ``deployment``,
+    ``backend`` (the pool's name for the deployment that answered) and ``text``."""
+    choices = []
+    for choice in upstream["choices"]:
+        shaped = {"index": choice.get("index"), "text": choice.get("text", ""),
+                  "finish_reason": choice.get("finish_reason"), "logprobs": choice.get("logprobs")}
+        if "content_filter_results" in choice:
+            shaped["content_filter_results"] = choice["content_filter_results"]
+        choices.append(shaped)
+    usage = upstream["usage"]
+    body = {
+        "id": upstream.get("id"), "object": "text_completion", "created": upstream.get("created"),
+        "model": upstream.get("model"), "deployment": deployment, "backend": backend,
+        "text": choices[0]["text"] if choices else "", "choices": choices,
+        "usage": {name: usage.get(name, 0) for name in ("prompt_tokens", "completion_tokens", "total_tokens")},
+    }
+    if "prompt_filter_results" in upstream:
+        body["prompt_filter_results"] = upstream["prompt_filter_results"]
+    return body

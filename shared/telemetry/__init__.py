@@ -1,0 +1,1 @@
+"""Telemetry: the hooks the app calls (``hooks``), its switches, and the OpenTelemetry implementation."""

@@ -1,0 +1,1 @@
+"""Calling Azure OpenAI: the client, the backend pool, retries, the transport, credentials and tokens."""

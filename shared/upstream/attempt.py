@@ -1,0 +1,92 @@
+"""One upstream attempt: an openai 0.28 call to one backend, bounded twice over by the deadline.
+
+Everything openai needs is passed per call (no ``openai.api_*`` globals), so concurrent
+invocations cannot interfere; the only openai state set is the session hook
+(``transport.UpstreamHttp``). aiohttp's total timeout is what is left of the deadline
+(capped by ``AZURE_OPENAI_TIMEOUT``), and the call runs inside ``asyncio.timeout`` of the
+same length, so not even an upstream that sends one byte a second keeps an invocation
+past its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import openai
+
+from ..clock import Deadline
+from ..config.backends import BackendSettings
+from ..config.settings import RetrySettings
+from ..errors import AppError
+from .failures import check_completion, upstream_failure
+from .transport import Exchange, UpstreamHttp
+
+if TYPE_CHECKING:
+    from .tokens import TokenCache
+
+# Above this size, an answer's JSON is re-encoded to look for NaN or Infinity only when its
+# bytes contain those words: each pass of the C encoder or decoder holds the GIL (so moving it
+# to a thread frees nothing) for about 25 ms per MiB, the event loop with it.
+SCAN_ANSWERS_BELOW_BYTES = 256 * 1024
+
+
+class PlainCompletion(openai.Completion):
+    """openai's Completion answering with the JSON as parsed (dicts and lists), through the
+    library's own ``plain_old_data`` switch, rather than as nested ``OpenAIObject``s: the app
+    reads each response once, to check and reshape it, and the conversion (about 15 objects
+    for an answer with content-filter annotations) was a fifth of the client's CPU per
+    completion."""
+
+    plain_old_data = True
+
+
+def no_time() -> AppError:
+    return AppError(504, "upstream_timeout", "No time was left to call Azure OpenAI within the deadline.",
+                    retryable=True, deadline_exhausted=True)
+
+
+class Target:
+    """What openai needs to call one backend, prepared once."""
+
+    def __init__(self, backend: BackendSettings, tokens: TokenCache | None) -> None:
+        self.backend = backend
+        self.tokens = tokens
+        self.per_call = {
+            # openai sends "Authorization: Bearer <api_key>" for azure_ad, "api-key" for azure.
+            "api_type": "azure" if tokens is None else "azure_ad",
+            "api_base": backend.endpoint,
+            "api_version": backend.api_version,
+            "deployment_id": backend.deployment,
+        }
+
+    async def call(self, params: dict[str, Any], deadline: Deadline, request_id: str, *, http: UpstreamHttp,
+                   retry: RetrySettings, min_attempt: float) -> tuple[dict[str, Any], Exchange]:
+        """The answer and what the transport saw; AppError (translated at ``failures``) on failure."""
+        api_key = self.backend.api_key if self.tokens is None else await self.tokens.get(deadline)
+        remaining = deadline.remaining()  # after the token: its wait counts too
+        if remaining < min_attempt:
+            raise no_time()
+        total = min(retry.read_timeout, remaining)
+        connect = min(retry.connect_timeout, total)
+        cut_by_deadline = remaining < retry.read_timeout  # this attempt gets less than its full time
+        with http.exchange() as exchange:
+            try:
+                async with asyncio.timeout(total):
+                    response = await PlainCompletion.acreate(
+                        **self.per_call, api_key=api_key, **params, request_id=request_id,
+                        request_timeout=(connect, total),
+                        # openai retries HTTP 409 in a loop until `timeout` seconds of the wall
+                        # clock have passed; -1 has passed already, even if the clock steps back,
+                        # so it raises TryAgain at once and our policy decides.
+                        timeout=-1,
+                    )
+            except Exception as exc:  # noqa: BLE001 - every failure is translated, at one boundary
+                error = upstream_failure(exc, exchange)
+                if error.upstream_status == 401 and self.tokens is not None:
+                    self.tokens.invalidate(api_key)
+                if cut_by_deadline and error.code == "upstream_timeout" and error.upstream_status is None:
+                    error = error.replace(deadline_exhausted=True)  # no answer in the time the caller had left
+                raise error from None
+        check_completion(response, scan=exchange.size < SCAN_ANSWERS_BELOW_BYTES or exchange.json_constants)
+        return response, exchange

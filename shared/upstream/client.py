@@ -1,0 +1,252 @@
+"""Completions from a pool of Azure OpenAI deployments, with failover, retries and a deadline.
+
+openai 0.28 retries nothing on POST and loops forever on HTTP 409, so retries are
+ours, decided by the ``RetryPolicy``: on 408, 409, 429, 5xx, timeouts, dropped
+connections, broken bodies and token-endpoint failures; never on other 4xx. A
+failure that is not the caller's cools its backend and the request goes at once to
+the next ready one (each at most once per round); when none is left, it waits for
+the earliest recovery if that fits the deadline and the retry budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+
+from ..clock import SYSTEM_CLOCK, Clock, Deadline
+from ..config.backends import BackendSettings
+from ..config.settings import RetrySettings
+from ..errors import AppError
+from ..telemetry.hooks import NOOP, Telemetry
+from .attempt import Target, no_time
+from .pool import DEFAULT_COOLDOWN, BackendPool, FailureKind, Recovery
+from .retry import RetryPolicy
+from .slots import Slots
+from .transport import UpstreamHttp
+
+if TYPE_CHECKING:
+    from .tokens import TokenCache
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamResult(NamedTuple):
+    response: dict[str, Any]
+    attempts: int
+    upstream_ms: float  # time spent in upstream attempts, waits excluded
+    headers: Mapping[str, str]  # of the answer that succeeded
+    backend: BackendSettings  # the backend that answered
+    failovers: int  # attempts that went to another backend at once after a failure
+
+
+class _Call:
+    """One request's way through the pool: what it tried, and what it learned."""
+
+    def __init__(self, params: dict[str, Any], deadline: Deadline, request_id: str) -> None:
+        self.params, self.deadline, self.request_id = params, deadline, request_id
+        self.tried: set[str] = set()  # backends tried in this round
+        self.reauthenticated: set[str] = set()
+        self.attempts = self.rounds = self.failovers = 0
+        self.upstream_seconds = 0.0
+        self.last: AppError | None = None
+        self.tokens_needed = _tokens_needed(params)
+
+    def given_up(self, error: AppError) -> AppError:
+        """``error`` as the final answer, with what this call cost."""
+        return _final(error.replace(attempts=self.attempts, upstream_ms=self.upstream_seconds * 1000))
+
+
+class CompletionClient:
+    """Completions from a pool of backends (one, unless AZURE_OPENAI_BACKENDS lists more).
+
+    ``tokens`` maps each identity (``BackendSettings.identity``) to its token cache;
+    backends with the same identity and scope share one."""
+
+    def __init__(self, backends: Sequence[BackendSettings], retry: RetrySettings,
+                 tokens: Mapping[tuple, TokenCache], *, http: UpstreamHttp | None = None,
+                 pool: BackendPool | None = None, policy: RetryPolicy | None = None, clock: Clock = SYSTEM_CLOCK,
+                 rng: random.Random | None = None, telemetry: Telemetry = NOOP,
+                 previous: CompletionClient | None = None) -> None:
+        """``previous``: the client these settings replace; its concurrency slots carry over when
+        the limit is the same (invocations in flight on it still count against this one). (What
+        cooled each backend lives in the pool, which carries over when the backends are the same.)"""
+        self._targets = {}
+        for backend in backends:
+            if (backend.identity is None) == (backend.identity in tokens):
+                raise ValueError(f"backend {backend.name}: a token cache is needed exactly when auth is not key")
+            self._targets[backend.name] = Target(backend, tokens.get(backend.identity))
+        self._retry = retry
+        self._clock = clock
+        self._rng = rng
+        self._policy = policy or RetryPolicy(max_retries=retry.max_retries)
+        self.tokens = dict(tokens)
+        self.pool = pool or BackendPool(backends, clock=clock.monotonic, wall_clock=clock.time, rng=rng)
+        self._http = http or UpstreamHttp([b.endpoint for b in backends], max_connections=retry.max_connections,
+                                          max_response_bytes=retry.max_response_bytes)
+        same_limit = previous is not None and previous._slots.size == retry.max_concurrency
+        self._slots = previous._slots if previous is not None and same_limit else Slots(retry.max_concurrency)
+        self._telemetry = telemetry
+
+    @property
+    def http(self) -> UpstreamHttp:
+        return self._http
+
+    async def complete(self, params: dict[str, Any], deadline: Deadline, request_id: str) -> UpstreamResult:
+        """The upstream's JSON response; AppError when it fails for good or time runs out."""
+        if deadline.remaining() < self._policy.min_attempt:  # spent before it got here (e.g. waiting for settings)
+            raise no_time()
+        async with self._slots.held(deadline, self._telemetry, self._policy.min_attempt):
+            return await self._complete_with_failover(_Call(params, deadline, request_id))
+
+    async def _complete_with_failover(self, call: _Call) -> UpstreamResult:
+        """Try the pool's choice; on a failure that is not the caller's, go at once to the next
+        ready backend; when none is left to try, wait for a new round or give up."""
+        while True:
+            backend = self.pool.choose(max_tokens=call.tokens_needed, tried=call.tried)
+            if backend is None:
+                await self._next_round(call)
+                continue
+            if call.deadline.remaining() < self._policy.min_attempt:
+                raise call.given_up(call.last or no_time())
+            result = await self._try(call, backend)
+            if result is not None:
+                return result
+
+    async def _next_round(self, call: _Call) -> None:
+        """Wait for the earliest recovery and start a new round; raises the final answer when
+        nothing is worth waiting for, or the policy says the budget or the deadline does not allow it."""
+        recovery = self.pool.next_recovery()
+        wait = self._wait_for_recovery(recovery, call)
+        if wait is None:
+            raise _given_up(call, call.last or self._pool_answer(recovery), recovery)
+        call.rounds += 1
+        call.tried.clear()
+        self._telemetry.retry_wait(wait)
+        if wait > 0:
+            log.info("request_id=%s: no Azure OpenAI backend ready (last: %s); retrying in %.2f s",
+                     call.request_id, call.last.code if call.last else "-", wait)
+            await self._clock.sleep(wait)
+
+    async def _try(self, call: _Call, backend: BackendSettings) -> UpstreamResult | None:
+        """One attempt to ``backend``: the result, or None when the request should go on."""
+        attempt = self._telemetry.attempt(backend, call.attempts + 1,
+                                          "failover" if call.tried else "retry" if call.attempts else "first")
+        if call.tried:
+            call.failovers += 1
+        call.tried.add(backend.name)
+        call.attempts += 1
+        started = time.perf_counter()
+        try:
+            response, exchange = await self._targets[backend.name].call(
+                call.params, call.deadline, call.request_id, http=self._http, retry=self._retry,
+                min_attempt=self._policy.min_attempt)
+        except AppError as error:
+            attempt.end(error.upstream_status, error.code)
+            call.upstream_seconds += time.perf_counter() - started
+            self._failed(call, backend, error)
+            return None
+        attempt.end(exchange.status)
+        call.upstream_seconds += time.perf_counter() - started
+        self.pool.record_success(backend, exchange.headers)
+        return UpstreamResult(response, call.attempts, call.upstream_seconds * 1000, exchange.headers, backend,
+                              call.failovers)
+
+    def _failed(self, call: _Call, backend: BackendSettings, error: AppError) -> None:
+        """Raise the final answer, or record the failure against ``backend`` so the request goes on."""
+        if error.deadline_exhausted:  # the caller's time ran out: nothing to hold against the backend
+            raise call.given_up(error)
+        kind = _pool_failure(error)
+        if kind is None:  # the caller's own error: the backend answered, and no other would differ
+            if error.upstream_status is not None:
+                self.pool.record_success(backend, error.upstream_headers)
+            raise call.given_up(error)
+        if (error.upstream_status == 401 and self._targets[backend.name].tokens is not None
+                and backend.name not in call.reauthenticated):
+            # The token was refused (revoked, or the role assignment changed): the attempt
+            # dropped it from the cache; one more attempt, at once, with a fresh token.
+            call.reauthenticated.add(backend.name)
+            call.tried.discard(backend.name)
+            log.info("request_id=%s: backend %s refused the token (HTTP 401); retrying at once with a "
+                     "new one", call.request_id, backend.name)
+            return
+        # Upstream's wait when it named one; else 10 s for a pool, or, for a pool of one,
+        # none: each caller then waits its own jittered backoff (_wait_for_recovery), as
+        # callers of a single endpoint always have, rather than all at the longest drawn.
+        cooldown = error.retry_after if error.retry_after is not None else \
+            0.0 if len(self.pool) == 1 else DEFAULT_COOLDOWN
+        self.pool.record_failure(backend, kind, error.upstream_headers if error.upstream_status in (429, 503)
+                                 else None, default_cooldown=cooldown, cause=error,
+                                 detail=f"{error.code}, HTTP {error.upstream_status or '-'}")
+        # INFO, per attempt: an outage fails every caller's attempts at once, and the lines
+        # an operator acts on are the pool's and the token cache's, once per episode.
+        log.info("request_id=%s: attempt %d to backend %s failed (%s, HTTP %s)", call.request_id, call.attempts,
+                 backend.name, error.code, error.upstream_status or "-")
+        call.last = error
+
+    def _pool_answer(self, recovery: Recovery | None) -> AppError | None:
+        """For a request that found no backend ready: the failure that cooled them, when they
+        all failed the same way (always, for a pool of one: its callers hear what upstream
+        said, as they always have); else None, and the pool's state decides."""
+        if recovery is None:
+            return None
+        cooling = self.pool.cooling_causes()
+        failure = cooling[0] if cooling else None
+        if failure is None or any(other is None or other.code != failure.code for other in cooling):
+            return None
+        return AppError(failure.status, failure.code, failure.message, param=failure.param,
+                        retryable=failure.retryable, details=failure.details)
+
+    def _wait_for_recovery(self, recovery: Recovery | None, call: _Call) -> float | None:
+        """Seconds to wait before the next round, or None to give up now."""
+        if recovery is not None and recovery.misconfigured:
+            return None
+        wait = 0.0 if recovery is None else recovery.seconds
+        if len(self.pool) == 1 and call.last is not None and call.last.retry_after is None:
+            wait = max(wait, self._policy.backoff(call.rounds + 1, self._rng))  # its own, jittered (see the cooldown)
+        return self._policy.next_round(call.rounds, wait, call.deadline.remaining(), attempted=call.last is not None)
+
+
+def _tokens_needed(params: dict[str, Any]) -> int:
+    """What the request may generate: ``max_tokens`` (16 by default) for each choice of each
+    prompt, the part of Azure's token estimate the request controls."""
+    prompts = params["prompt"] if isinstance(params.get("prompt"), list) else [params.get("prompt")]
+    return (params.get("max_tokens") or 16) * (params.get("best_of") or params.get("n") or 1) * len(prompts)
+
+
+def _pool_failure(error: AppError) -> FailureKind | None:
+    """How a failed attempt counts against its backend; None for the caller's own errors
+    (and other final answers), which no other backend would answer differently."""
+    if error.code == "upstream_misconfigured":
+        return "misconfigured"
+    if error.code == "credential_unavailable":
+        return "unavailable" if error.retryable else "misconfigured"
+    if not error.retryable:
+        return None
+    return "throttled" if error.status == 429 else "unavailable"
+
+
+def _given_up(call: _Call, last: AppError | None, recovery: Recovery | None) -> AppError:
+    """The answer once no backend can be tried within the deadline: this request's last
+    failure (so a pool of one answers as it always has), or, when it made no attempt, what
+    the pool's state says; ``Retry-After`` is the earliest recovery, when known."""
+    if last is None:
+        if recovery is not None and recovery.misconfigured:
+            last = AppError(502, "upstream_misconfigured", "Every Azure OpenAI backend is misconfigured (it "
+                            "refused the app's credentials or has no such deployment): check the app's settings "
+                            "and role assignments.")
+        elif recovery is not None and recovery.all_throttled:
+            last = AppError(429, "rate_limited", "Azure OpenAI is throttling requests; retry later.", retryable=True)
+        else:
+            last = AppError(503, "upstream_unavailable", "Azure OpenAI is temporarily unavailable.", retryable=True)
+    if recovery is not None and not recovery.misconfigured and last.retryable:
+        last = last.replace(retry_after=recovery.seconds)  # when the pool can serve again, whichever backend it is
+    return call.given_up(last)
+
+
+def _final(failure: AppError) -> AppError:
+    """The error to give the caller once retrying stops."""
+    if failure.status == 429 and failure.retry_after is None:
+        return failure.replace(retry_after=1.0)
+    return failure
