@@ -1,8 +1,9 @@
 # make run   - serve every function on http://127.0.0.1:7071: HTTP, queues (through Azurite, started
 #              when needed), the Event Grid webhook, the admin API; with the emulators when no Azure
 #              OpenAI endpoint is set
-# make test  - the whole test suite (the infra check included)
-# make lint  - ruff, and azure-functions-doctor on host.json / function_app.py
+# make test  - the whole test suite: tests/unit, integration, e2e and infra (the infra check included)
+# make test-unit - the unit tier alone (no sockets, no sleeping; seconds): the inner loop
+# make lint  - ruff, mypy over shared/ and function_app.py, and azure-functions-doctor
 # make bench - benchmarks, written to docs/benchmarks.md
 # make infra-check - parse infra/*.bicep (pycep-parser) and scan it with checkov, offline
 # make enqueue REQUEST='{...}' [ARGS="--wait 60"] / make results [ARGS="--id ID --wait 60"]
@@ -23,9 +24,8 @@ AZURITE_DIR := devserver/azurite
 AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite
 NPM := $(shell command -v npm 2>/dev/null)
 TEST_NEEDS := $(INSTALLED) $(INFRA_INSTALLED) $(if $(NPM),$(AZURITE))
-RUFF_ARGS := --line-length 120 --select E,F,W,B --extend-exclude devserver/azurite,tests/specs,.venv-infra
 
-.PHONY: run test lint infra-check bench emulators azurite enqueue results clean
+.PHONY: run test test-unit lint infra-check bench emulators azurite enqueue results clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,16 +49,21 @@ endif
 	$(BIN)/python -m devserver $(ARGS)
 
 # The installs run side by side (they wait on the network more than on the CPU); then the suite.
-# tests/test_infra.py runs the infra check; INFRA_CHECK_REQUIRED makes it fail, not skip, without .venv-infra.
+# tests/infra/test_infra.py runs the infra check; INFRA_CHECK_REQUIRED makes it fail, not skip, without .venv-infra.
+# (pytest's settings: pyproject.toml)
 test:
 	$(MAKE) --no-print-directory --jobs=3 $(TEST_NEEDS)
-	INFRA_CHECK_REQUIRED=1 $(BIN)/python -m pytest tests -ra --timeout=120 $(ARGS)
+	INFRA_CHECK_REQUIRED=1 $(BIN)/python -m pytest tests $(ARGS)
+
+test-unit: $(INSTALLED)
+	$(BIN)/python -m pytest tests/unit -q $(ARGS)
 
 infra-check: $(INFRA_INSTALLED)
-	$(INFRA_VENV)/bin/python tests/infra_check.py
+	$(INFRA_VENV)/bin/python tests/infra/infra_check.py
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check $(RUFF_ARGS) .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/azure-functions-doctor doctor --path . --profile deploy
 
 # wrk (Debian's package) loads the dev host over HTTP; without it that one metric is skipped.

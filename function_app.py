@@ -33,6 +33,8 @@ recent_results = events.RecentResults()
 MAX_DEQUEUE_COUNT = max_dequeue_count()  # host.json: the delivery after which the host gives a message up
 # Identity-based connections use the same name as a prefix: AzureWebJobsStorage__queueServiceUri, ...
 STORAGE = "AzureWebJobsStorage"
+# A `context` parameter must be annotated exactly `func.Context` (the worker refuses to load a function
+# whose annotation is not a type named Context), so its None default carries a type: ignore.
 
 
 def _http_response(outcome: Outcome, request_id: str) -> func.HttpResponse:
@@ -42,7 +44,8 @@ def _http_response(outcome: Outcome, request_id: str) -> func.HttpResponse:
 
 
 @app.route(route="completions", methods=["POST"])
-async def completions(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
+async def completions(req: func.HttpRequest,
+                      context: func.Context = None) -> func.HttpResponse:  # type: ignore[assignment]
     """POST /api/completions: a completion from the configured deployment."""
     request_id = request_id_for(req.headers.get("x-request-id"))
     with service.telemetry.continue_trace(TraceContext.of(context)):  # the worker passes context: its trace_context
@@ -59,7 +62,7 @@ async def health(req: func.HttpRequest) -> func.HttpResponse:
 @app.queue_trigger(arg_name="msg", queue_name=queues.requests, connection=STORAGE)
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
 async def completion_from_queue(msg: func.QueueMessage, result: func.Out[str],
-                                context: func.Context = None) -> None:
+                                context: func.Context = None) -> None:  # type: ignore[assignment]
     """A request message on the request queue; its answer goes to the results queue.
     Raises on transient failures so the host redelivers the message."""
     logging.info("queue message id=%r dequeue_count=%s", msg.id, msg.dequeue_count)
@@ -80,7 +83,7 @@ async def completion_poisoned(msg: func.QueueMessage, result: func.Out[str]) -> 
 @app.event_grid_trigger(arg_name="event")
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
 async def completion_from_event_grid(event: func.EventGridEvent, result: func.Out[str],
-                                     context: func.Context = None) -> None:
+                                     context: func.Context = None) -> None:  # type: ignore[assignment]
     """A custom Event Grid event whose ``data`` is a request; its answer goes to the results queue.
     (The worker passes a ``func.CloudEvent`` instead when the subscription delivers CloudEvents 1.0:
     its type is ``type``, not ``event_type``.)"""

@@ -464,7 +464,7 @@ def machine() -> list[str]:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in
                          ("openai", "aiohttp", "azure-functions", "azure-identity", "requests", "urllib3"))
-    return [f"- Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+    return [f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
             f"- Machine: {platform.system()} {platform.release()} {platform.machine()}, {cpu}, "
             f"{os.cpu_count()} cores, {memory:.0f} GiB",
             f"- Python {platform.python_version()}; {versions}"]

@@ -22,10 +22,10 @@ if typing.TYPE_CHECKING:
 
 class TokenRefresh(requests.auth.AuthBase):
 
-    def __init__(self, credential: "TokenCredential", scopes: typing.List[str]) -> None:
+    def __init__(self, credential: TokenCredential, scopes: list[str]) -> None:
         self.credential = credential
         self.scopes = scopes
-        self.cached_token: typing.Optional[str] = None
+        self.cached_token: str | None = None
 
     def __call__(self, req):
         if not self.cached_token or self.cached_token.expires_on - time.time() < 300:

@@ -17,8 +17,8 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Awaitable, Callable
 
 REQUEST = {"prompt": "The food was delicious and the waiter", "stop": ".", "temperature": 0}
 

@@ -19,13 +19,22 @@ import json
 import logging
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
 from .bindings import QueueOutputs
-from .functions import (HOST_API_REASON, TRIGGER_EVENT_GRID, TRIGGER_HTTP, TRIGGER_QUEUE, Function, InvalidEvent,
-                        Invoker, event_grid_event, queue_message)
+from .functions import (
+    HOST_API_REASON,
+    TRIGGER_EVENT_GRID,
+    TRIGGER_HTTP,
+    TRIGGER_QUEUE,
+    Function,
+    InvalidEvent,
+    Invoker,
+    event_grid_event,
+    queue_message,
+)
 from .keys import FunctionKeys
 from .server import json_error, read_body
 

@@ -68,11 +68,12 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from .control import ControlHandler
@@ -154,13 +155,13 @@ def _parse_date(text: str) -> datetime | None:
     except (TypeError, ValueError):
         pass
     try:
-        return datetime.strptime(text, "%b, %d %Y %H:%M:%S.%f GMT").replace(tzinfo=timezone.utc)
+        return datetime.strptime(text, "%b, %d %Y %H:%M:%S.%f GMT").replace(tzinfo=UTC)
     except ValueError:
         return None
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class AppConfigState:
@@ -561,7 +562,7 @@ class AppConfigStandIns:
 
     @classmethod
     def start(cls, seed: str | Path | Mapping[str, Any] | None = None, *, host: str = "127.0.0.1", port: int = 0,
-              identity: IdentityServer | None = None, signer: TokenSigner | None = None) -> "AppConfigStandIns":
+              identity: IdentityServer | None = None, signer: TokenSigner | None = None) -> AppConfigStandIns:
         settings, secrets = read_seed(seed)
         own_identity = identity is None and signer is None
         if own_identity:
@@ -655,7 +656,7 @@ class AppConfigStandIns:
             self.identity.stop()
         self.ca.cleanup()
 
-    def __enter__(self) -> "AppConfigStandIns":
+    def __enter__(self) -> AppConfigStandIns:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -40,7 +40,7 @@ class Emulators:
     @classmethod
     def start(cls, host: str = "127.0.0.1", port: int = 0, *, latency_ms: int = 0,
               token_lifetime: float = DEFAULT_TOKEN_LIFETIME, api_key: str | None = None,
-              token_secret: str | None = None, only: str | None = None) -> "Emulators":
+              token_secret: str | None = None, only: str | None = None) -> Emulators:
         """Both servers (or ``only`` one), serving on daemon threads. ``port`` is the
         OpenAI emulator's; the identity endpoint takes any free port."""
         signer = TokenSigner(token_secret)
@@ -68,7 +68,7 @@ class Emulators:
             if server is not None:
                 server.stop()
 
-    def __enter__(self) -> "Emulators":
+    def __enter__(self) -> Emulators:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -123,7 +123,7 @@ class EmulatorProcess:
         self.process.terminate()
         self.process.wait(timeout=10)
 
-    def __enter__(self) -> "EmulatorProcess":
+    def __enter__(self) -> EmulatorProcess:
         return self
 
     def __exit__(self, *exc) -> None:

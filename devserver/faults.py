@@ -6,8 +6,9 @@ import base64
 import binascii
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 _KEYS = {"status", "retry_after", "retry_after_ms", "delay_ms", "drop", "raw", "raw_base64", "headers",
          "drip_ms", "size", "chunked"}
@@ -36,7 +37,7 @@ class Fault:
     chunked: bool = False
 
     @classmethod
-    def parse(cls, spec: Any) -> "Fault":
+    def parse(cls, spec: Any) -> Fault:
         if not isinstance(spec, dict):
             raise ValueError("each fault must be a JSON object")
         unknown = set(spec) - _KEYS

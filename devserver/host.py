@@ -29,9 +29,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from aiohttp import web
 from azure.core.exceptions import AzureError, ResourceExistsError

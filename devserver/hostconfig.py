@@ -46,7 +46,7 @@ class QueueOptions:
 
 
     @classmethod
-    def from_json(cls, section: dict | None, processors: int | None = None) -> "QueueOptions":
+    def from_json(cls, section: dict | None, processors: int | None = None) -> QueueOptions:
         section = {k.lower(): v for k, v in (section or {}).items()}
         batch_size = int(section.get("batchsize", cls.batch_size))
         if not 0 < batch_size <= MAX_BATCH_SIZE:
@@ -81,7 +81,7 @@ class HttpOptions:
     max_concurrent_requests: int | None = None
 
     @classmethod
-    def from_json(cls, section: dict | None) -> "HttpOptions":
+    def from_json(cls, section: dict | None) -> HttpOptions:
         section = {k.lower(): v for k, v in (section or {}).items()}
 
         def bound(name: str) -> int | None:
@@ -99,7 +99,7 @@ class HostConfig:
     function_timeout: float | None = 300.0  # the Consumption plan's default; None: unlimited
 
     @classmethod
-    def load(cls, path: Path, processors: int | None = None) -> "HostConfig":
+    def load(cls, path: Path, processors: int | None = None) -> HostConfig:
         """host.json at ``path``; the host's defaults when the file is absent."""
         try:
             document = json.loads(path.read_text(encoding="utf-8-sig"))

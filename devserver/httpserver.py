@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -65,7 +66,7 @@ class Server(ThreadingHTTPServer):
         # A client that hangs up mid-response is normal here (timeouts, drops).
         pass
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         """Serve in a daemon thread; returns once the socket accepts connections."""
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.1},

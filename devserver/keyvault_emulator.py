@@ -30,7 +30,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from .control import ControlHandler

@@ -22,7 +22,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from . import completion_text as textgen

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import math
 import random
-from typing import Callable
+from collections.abc import Callable
 
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 

@@ -18,7 +18,8 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 WINDOW_SECONDS = 60.0
 

@@ -19,8 +19,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from azure.core.exceptions import ResourceExistsError, ServiceRequestError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy

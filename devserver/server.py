@@ -104,7 +104,7 @@ class BoundedServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    async def start(self) -> "BoundedServer":
+    async def start(self) -> BoundedServer:
         await self._runner.setup()
         self._listener = await asyncio.get_running_loop().create_server(
             self._accept, self.host, self._port, reuse_address=True, backlog=ACCEPT_BACKLOG,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import shutil
 import ssl
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .httpserver import Server
 

@@ -9,8 +9,8 @@ failed App Configuration load (±20 %, 1 s doubling up to 60 s: ``config.appconf
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ attempts made, the wait to advise) makes a new one with ``replace()``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 # The longest Retry-After the app passes on: upstream (or a broken gateway) may ask
 # for hours, but a caller told to wait longer than this is better off asking again.
@@ -51,10 +52,10 @@ class AppError(Exception):
                  upstream_status: int | None = None, upstream_headers: Mapping[str, str] | None = None,
                  deadline_exhausted: bool = False) -> None:
         super().__init__(message)
-        values = dict(status=status, code=code, message=message, param=param, retry_after=retry_after,
-                      retryable=retryable, details=MappingProxyType(dict(details or {})), attempts=attempts,
-                      upstream_ms=upstream_ms, upstream_status=upstream_status, upstream_headers=upstream_headers,
-                      deadline_exhausted=deadline_exhausted)
+        values = {"status": status, "code": code, "message": message, "param": param, "retry_after": retry_after,
+                  "retryable": retryable, "details": MappingProxyType(dict(details or {})), "attempts": attempts,
+                  "upstream_ms": upstream_ms, "upstream_status": upstream_status,
+                  "upstream_headers": upstream_headers, "deadline_exhausted": deadline_exhausted}
         for name, value in values.items():
             object.__setattr__(self, name, value)
 

@@ -15,12 +15,20 @@ import math
 import os
 import threading
 import time
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .clock import SYSTEM_CLOCK, Clock, Deadline
-from .config.settings import STORE_SETTINGS, Limits, RetrySettings, Settings, SettingsError, invocation_deadline, \
-    load_settings
+from .config.settings import (
+    STORE_SETTINGS,
+    Limits,
+    RetrySettings,
+    Settings,
+    SettingsError,
+    invocation_deadline,
+    load_settings,
+)
 from .contract.body import parse_json_body
 from .contract.completions import shape_response, validate_completion_request
 from .errors import AppError, internal_error, not_configured
@@ -71,13 +79,13 @@ class CompletionService:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Clock = SYSTEM_CLOCK,
-                      telemetry: Telemetry = NOOP) -> "CompletionService":
+                      telemetry: Telemetry = NOOP) -> CompletionService:
         configure_loggers(settings)
         return cls(settings, client_for(settings, clock, telemetry), clock=clock, telemetry=telemetry)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, *,
-                     clock: Clock = SYSTEM_CLOCK, telemetry: Telemetry = NOOP) -> "CompletionService":
+                     clock: Clock = SYSTEM_CLOCK, telemetry: Telemetry = NOOP) -> CompletionService:
         """The service for this process's settings; unconfigured (answering 503) when they are
         invalid. With a store configured (``AZURE_APPCONFIG_ENDPOINT`` or ``_CONNECTION_STRING``)
         the first load starts in the background and this returns at once: indexing never
@@ -201,7 +209,7 @@ class CompletionService:
             return state.problems or {self._source.bootstrap.store_setting: state.status}
         return self._pipeline.problems
 
-    def decode(self, body: bytes) -> Any:
+    def decode(self, body: bytes | bytearray) -> Any:
         """The JSON document in ``body`` (AppError 413/400 when too large or not JSON)."""
         settings = self._pipeline.settings
         return parse_json_body(body, (settings.limits if settings else Limits()).max_body_bytes)
@@ -220,7 +228,7 @@ class CompletionService:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
 _REQUEST_NUMBERS = ("max_tokens", "temperature", "top_p", "n", "seed", "presence_penalty", "frequency_penalty")
@@ -248,19 +256,19 @@ def _telemetry_end(outcome: Outcome, result: UpstreamResult | None, params: dict
         request={name: value for name in _REQUEST_NUMBERS if isinstance(value := params.get(name), (int, float))
                  and not isinstance(value, bool)})
     if settings is not None and settings.log_text and params:
-        end = end._replace(**_content(params, choices))
+        end = end._replace(input_messages=_input_messages(params), output_messages=_output_messages(choices))
     return end
 
 
-def _content(params: Mapping[str, Any], choices: Any) -> dict[str, str]:
-    """The prompt(s) and completions as the gen-AI conventions' opt-in content attributes
-    (only with COMPLETIONS_LOG_TEXT)."""
+def _input_messages(params: Mapping[str, Any]) -> str:
+    """The prompt(s) as the gen-AI conventions' opt-in content attribute (only with COMPLETIONS_LOG_TEXT)."""
     prompts = params.get("prompt")
     prompts = prompts if isinstance(prompts, list) else [prompts]
-    content = {"input_messages": json.dumps(
-        [{"role": "user", "parts": [{"type": "text", "content": prompt}]} for prompt in prompts])}
-    if isinstance(choices, list):
-        content["output_messages"] = json.dumps(
-            [{"role": "assistant", "parts": [{"type": "text", "content": choice.get("text", "")}],
-              "finish_reason": choice.get("finish_reason")} for choice in choices])
-    return content
+    return json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]} for prompt in prompts])
+
+
+def _output_messages(choices: Any) -> str | None:
+    if not isinstance(choices, list):
+        return None
+    return json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": choice.get("text", "")}],
+                        "finish_reason": choice.get("finish_reason")} for choice in choices])

@@ -1,4 +1,9 @@
-"""Shared fixtures: the emulators over real sockets, app configuration, a loopback-only guard."""
+"""Fixtures for every tier: a loopback-only guard; the emulators over real sockets and the app
+configured through its settings (integration and end-to-end tiers).
+
+Tiers: ``unit`` (no sockets, no real sleeping: ``unit/conftest.py`` enforces it), ``integration``
+(the app against the emulators over loopback), ``e2e`` (the dev host, Azurite, the SDKs), ``infra``
+(the Bicep template and the deployment package)."""
 
 from __future__ import annotations
 
@@ -13,13 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from app_client import LOOP, SkippingClock  # noqa: E402
 from devserver.emulators import Emulators  # noqa: E402
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes several seconds (soak, timing bounds)")
-
+from support.app_client import LOOP, SkippingClock  # noqa: E402
 
 # -- nothing but loopback -------------------------------------------------------
 _violations: list[str] = []
@@ -120,8 +120,8 @@ def configure_app(emulators, monkeypatch, clock):
     ``configure_app(auth="key", AZURE_OPENAI_MAX_RETRIES="0", NAME=None)``; None unsets.
     The services made are closed (their connections on the app loop) after the test."""
     import function_app
-    from app_client import SETTING_NAMES
     from shared.service import CompletionService
+    from support.app_client import SETTING_NAMES
 
     made: list[CompletionService] = []
 

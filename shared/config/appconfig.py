@@ -47,10 +47,11 @@ import math
 import random
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..backoff import Backoff
@@ -156,7 +157,7 @@ class AppConfigSource:
                     or self._stopped.is_set()):
                 return None
             self._next_check = now + self.bootstrap.refresh_seconds
-            self._refresh = future = Future()
+            self._refresh = future = Future[str]()
             future.set_running_or_notify_cancel()
         threading.Thread(target=self._run_refresh, args=(future,), name="appconfig-refresh", daemon=True).start()
         return future
@@ -166,7 +167,7 @@ class AppConfigSource:
         loaded_at = self._loaded_at
         return {"source": "app_configuration",
                 "loaded_at": None if loaded_at is None else
-                datetime.fromtimestamp(loaded_at, timezone.utc).isoformat(timespec="seconds"),
+                datetime.fromtimestamp(loaded_at, UTC).isoformat(timespec="seconds"),
                 "last_refresh_error": self._last_error}
 
     def stop(self) -> None:
@@ -358,11 +359,12 @@ class AppConfigSource:
                 **CLIENT_OPTIONS)
             self._secret_clients[identifier.vault_url] = client
         try:
-            return client.get_secret(identifier.name, version=identifier.version).value
+            value = client.get_secret(identifier.name, version=identifier.version).value
         except Exception as exc:
             log.warning("App Configuration: Key Vault reference to secret %r on %s not resolved (%s)",
                         identifier.name, urlsplit(identifier.vault_url).hostname, describe_failure(exc))
             raise
+        return value or ""  # a secret without a value reads as an unset setting
 
     # -- errors, logged once -------------------------------------------------------------
     def _report_error(self, text: str, during: str, detail: str | None = None) -> None:

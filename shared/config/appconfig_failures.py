@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -39,7 +40,7 @@ def _causes(exc: BaseException) -> list[BaseException]:
         if current is None or any(current is known for known in seen):
             continue
         seen.append(current)
-        args = getattr(current, "args", ())
+        args: tuple[Any, ...] = getattr(current, "args", ())
         if len(args) > 1 and isinstance(args[1], list):  # TimeoutError(message, [errors of each attempt])
             pending.extend(error for error in args[1] if isinstance(error, BaseException))
         pending.extend([current.__cause__, current.__context__])

@@ -13,8 +13,9 @@ from __future__ import annotations
 import collections
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .endpoints import api_version_problem, deployment_problem, endpoint_problem
 from .protected import holds_other_credentials

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from typing import Mapping
+from collections.abc import Mapping
 
 CA_SETTINGS = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 

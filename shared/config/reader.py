@@ -7,7 +7,7 @@ be a key. Defaults and bounds come from the entry (``config.registry``).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from .registry import Setting
 

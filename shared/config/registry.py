@@ -189,13 +189,12 @@ def markdown_table() -> str:
             if setting.group != group:
                 continue
             bounds = ""
-            if setting.low is not None and setting.kind in ("int", "seconds") and setting.high is not None:
-                bounds = f" ({setting.low:g}–{setting.high:g})"
-            elif setting.choices and setting.kind == "choice":
-                bounds = ""
+            if setting.low is not None and setting.high is not None:
+                number = (lambda v: f"{int(v)}") if setting.kind == "int" else (lambda v: f"{v:g}")
+                bounds = f" Range: {number(setting.low)}–{number(setting.high)}."
             store = "" if setting.store else " App settings only."
             fallback = f" Seed-guide name: `{setting.fallback}`." if setting.fallback else ""
-            lines.append(f"| `{setting.name}` | {setting.shown_default()} | {setting.doc}{bounds}.{store}{fallback} |")
+            lines.append(f"| `{setting.name}` | {setting.shown_default()} | {setting.doc}.{bounds}{store}{fallback} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -9,8 +9,9 @@ may be a key.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, NamedTuple
+from typing import NamedTuple
 
 from . import registry as R
 from .backends import BackendSettings, Defaults, parse_backends

@@ -29,7 +29,7 @@ def _parse_int(text: str) -> int | float:
     return int(text)
 
 
-def parse_json_body(body: bytes, max_bytes: int) -> Any:
+def parse_json_body(body: bytes | bytearray, max_bytes: int) -> Any:
     """The decoded JSON document; 413 when too large, 400 ``invalid_json`` when not JSON."""
     if len(body) > max_bytes:
         raise AppError(413, "payload_too_large",

@@ -14,7 +14,6 @@ from ..config.settings import Limits
 from ..errors import invalid_request
 from .fields import INT64, integer, is_int, number, string, strings
 
-
 ALLOWED = frozenset({
     "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "presence_penalty", "frequency_penalty",
     "logit_bias", "user", "logprobs", "echo", "suffix", "best_of", "seed", "stream",

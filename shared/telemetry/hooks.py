@@ -13,7 +13,8 @@ invocation (``continue_trace``: the Functions host's trace context).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from ..config.backends import BackendSettings
@@ -83,7 +84,7 @@ class Invocation:
     def __enter__(self) -> Invocation:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         return None
 
     def finish(self, end: InvocationEnd) -> None:

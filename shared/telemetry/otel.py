@@ -35,8 +35,16 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .deferred import Deferred
-from .hooks import (NULL_ATTEMPT, NULL_CONTEXT, Attempt, Invocation, InvocationEnd, InvocationStart, Telemetry,
-                    TraceContext)
+from .hooks import (
+    NULL_ATTEMPT,
+    NULL_CONTEXT,
+    Attempt,
+    Invocation,
+    InvocationEnd,
+    InvocationStart,
+    Telemetry,
+    TraceContext,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +57,7 @@ ATTEMPT_SPAN_NAME = f"POST {URL_TEMPLATE}"
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 SLOT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-_CURRENT: contextvars.ContextVar["_Invocation | None"] = contextvars.ContextVar("completions_invocation",
+_CURRENT: contextvars.ContextVar[_Invocation | None] = contextvars.ContextVar("completions_invocation",
                                                                                   default=None)
 
 

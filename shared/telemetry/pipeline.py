@@ -13,7 +13,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -181,7 +182,8 @@ def configure(environ: Mapping[str, str], *, insights: bool, otlp: bool) -> OTel
         metrics.set_meter_provider(meter_provider)
         what = "OTLP"
     telemetry = OTelTelemetry(tracer_provider, meter_provider, owned=(tracer_provider, meter_provider))
-    for component in (*processors, *exporters):
+    counting: list[Any] = [*processors, *exporters]
+    for component in counting:
         component.dropped = telemetry.dropped
     log.info("telemetry: metrics and traces go to %s (service.name %s)", what, resource.attributes.get(SERVICE_NAME))
     return telemetry

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from ..config import registry as R

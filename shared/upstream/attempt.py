@@ -63,7 +63,7 @@ class Target:
     async def call(self, params: dict[str, Any], deadline: Deadline, request_id: str, *, http: UpstreamHttp,
                    retry: RetrySettings, min_attempt: float) -> tuple[dict[str, Any], Exchange]:
         """The answer and what the transport saw; AppError (translated at ``failures``) on failure."""
-        api_key = self.backend.api_key if self.tokens is None else await self.tokens.get(deadline)
+        api_key = (self.backend.api_key or "") if self.tokens is None else await self.tokens.get(deadline)
         remaining = deadline.remaining()  # after the token: its wait counts too
         if remaining < min_attempt:
             raise no_time()

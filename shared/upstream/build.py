@@ -8,6 +8,8 @@ connections when the endpoints and connection limits are.
 
 from __future__ import annotations
 
+import functools
+
 from ..clock import Clock
 from ..config.settings import Settings
 from ..telemetry.hooks import Telemetry
@@ -29,8 +31,8 @@ def client_for(settings: Settings, clock: Clock, telemetry: Telemetry, old: Comp
         for identity in identities:  # one cache per identity and scope, shared by its backends
             auth, client_id, scope = identity
             tokens[identity] = (old.tokens.get(identity) if old is not None else None) or TokenCache(
-                lambda auth=auth, client_id=client_id: build_credential(auth, client_id, settings.retry),
-                scope, clock=clock, telemetry=telemetry)
+                functools.partial(build_credential, auth, client_id, settings.retry), scope, clock=clock,
+                telemetry=telemetry)
     same_backends = before is not None and before.backends == settings.backends
     same_transport = before is not None and {b.endpoint for b in before.backends} == {
         b.endpoint for b in settings.backends} and (before.retry.max_connections, before.retry.max_response_bytes) \

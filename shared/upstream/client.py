@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..clock import SYSTEM_CLOCK, Clock, Deadline
 from ..config.backends import BackendSettings
@@ -72,11 +73,11 @@ class CompletionClient:
         """``previous``: the client these settings replace; its concurrency slots carry over when
         the limit is the same (invocations in flight on it still count against this one). (What
         cooled each backend lives in the pool, which carries over when the backends are the same.)"""
-        self._targets = {}
+        self._targets: dict[str, Target] = {}
         for backend in backends:
             if (backend.identity is None) == (backend.identity in tokens):
                 raise ValueError(f"backend {backend.name}: a token cache is needed exactly when auth is not key")
-            self._targets[backend.name] = Target(backend, tokens.get(backend.identity))
+            self._targets[backend.name] = Target(backend, tokens[backend.identity] if backend.identity else None)
         self._retry = retry
         self._clock = clock
         self._rng = rng
@@ -85,8 +86,8 @@ class CompletionClient:
         self.pool = pool or BackendPool(backends, clock=clock.monotonic, wall_clock=clock.time, rng=rng)
         self._http = http or UpstreamHttp([b.endpoint for b in backends], max_connections=retry.max_connections,
                                           max_response_bytes=retry.max_response_bytes)
-        same_limit = previous is not None and previous._slots.size == retry.max_concurrency
-        self._slots = previous._slots if previous is not None and same_limit else Slots(retry.max_concurrency)
+        self._slots: Slots = previous._slots if previous is not None and previous._slots.size == retry.max_concurrency \
+            else Slots(retry.max_concurrency)
         self._telemetry = telemetry
 
     @property

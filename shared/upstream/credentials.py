@@ -10,12 +10,16 @@ from ..config.settings import RetrySettings
 
 
 class AccessTokenLike(Protocol):
-    token: str
-    expires_on: int
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def expires_on(self) -> int: ...
 
 
 class TokenCredentialLike(Protocol):
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessTokenLike: ...
+    def get_token(self, *scopes: str, claims: str | None = None, tenant_id: str | None = None,
+                  **kwargs: Any) -> AccessTokenLike: ...
 
 
 def build_credential(auth: str, client_id: str | None, retry: RetrySettings) -> TokenCredentialLike:

@@ -7,8 +7,8 @@ cooldowns and its headroom all come from here, so they cannot disagree.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import Mapping
 
 _NUMBER = re.compile(r"\d{1,15}(?:\.\d{1,9})?")
 _DURATION_PART = re.compile(r"(\d{1,15}(?:\.\d{1,9})?)(ms|h|m|s)")
@@ -54,8 +54,7 @@ def remaining_count(text: str | None) -> int | None:
 
 
 def reset_seconds(headers: dict[str, str], which: str) -> float | None:
-    found = [_duration(headers.get(name)) for name in _RESET_HEADERS[which]]
-    found = [seconds for seconds in found if seconds is not None]
+    found = [seconds for name in _RESET_HEADERS[which] if (seconds := _duration(headers.get(name))) is not None]
     return max(found) if found else None
 
 

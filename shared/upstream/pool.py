@@ -44,7 +44,8 @@ import math
 import random
 import threading
 import time
-from typing import Any, Callable, Collection, Literal, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 from ..config.backends import BackendSettings
 from .headers import lowercase_headers, remaining_count, requested_wait, reset_seconds
@@ -92,7 +93,7 @@ class _Backend:
     def lacks_headroom(self, now: float, tokens: int | None) -> bool:
         if self.requests_left is not None and now < self.requests_until and self.requests_left <= 0:
             return True
-        return bool(tokens) and self.tokens_left is not None and now < self.tokens_until \
+        return tokens is not None and tokens > 0 and self.tokens_left is not None and now < self.tokens_until \
             and self.tokens_left < tokens
 
     def reserve(self, now: float, tokens: int | None) -> None:

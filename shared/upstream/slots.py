@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 import weakref
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from ..clock import Deadline
 from ..errors import AppError

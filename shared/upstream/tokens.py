@@ -6,8 +6,8 @@ import asyncio
 import logging
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Callable
 
 from ..backoff import Backoff
 from ..clock import SYSTEM_CLOCK, Clock, Deadline
@@ -118,7 +118,7 @@ class TokenCache:
                 return self._refresh
             if have_usable and now < self._next_refresh_at:
                 return None
-            self._refresh = future = Future()
+            self._refresh = future = Future[AccessTokenLike]()
             future.set_running_or_notify_cancel()  # a caller giving up must not cancel it for the others
             self.refreshes += 1
         threading.Thread(target=self._run_refresh, args=(future,), name="token-refresh", daemon=True).start()

@@ -31,9 +31,9 @@ import os
 import ssl
 import urllib.request
 import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
 
 import aiohttp
 import openai

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-
-from app_client import SEED, post_completions
+from support.app_client import SEED, post_completions
 
 
 def _all_logs(caplog) -> str:

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from app_client import SEED, get_health, post_completions, wait_for
 from devserver.appconfig_emulator import AppConfigStandIns
 from shared.service import CompletionService
+from support.app_client import SEED, get_health, post_completions, wait_for
 
 STORE_KEY_SECRET = "store-held-key-value-91c2"
 STORE = {
@@ -140,7 +140,7 @@ def test_queue_work_is_redelivered_not_failed_while_the_store_cannot_be_read(app
     """A store that cannot be read at start is an outage the app retries: a queue message is
     left for redelivery (RetryLater), not answered 'failed' and deleted."""
     from shared.events import RetryLater
-    from test_events import from_queue, message
+    from support.triggers import from_queue, message
 
     store.take_down()
     app_with_store()
@@ -160,7 +160,7 @@ def _change(store, clock, *changes: dict, generation: str) -> None:
 
 def test_a_swap_keeps_what_did_not_change_and_invocations_in_flight_finish_on_the_old_settings(
         app_with_store, store, emulators, clock):
-    from app_client import LOOP, call_completions, completions_request
+    from support.app_client import LOOP, call_completions, completions_request
 
     service = app_with_store(refresh_seconds=5)
     assert post_completions(SEED).status == 200

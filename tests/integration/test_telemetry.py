@@ -23,16 +23,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from app_client import LOOP, SEED, SETTING_NAMES, post_completions, post_many
 from devserver.otlp_receiver import OTLPReceiver, refused_endpoint
-from shared.telemetry.otel import OTelTelemetry
-from shared.telemetry.pipeline import _CountingBatchSpanProcessor
 from shared.service import CompletionService
 from shared.telemetry.hooks import NOOP, InvocationEnd, InvocationStart
+from shared.telemetry.otel import OTelTelemetry
+from shared.telemetry.pipeline import _CountingBatchSpanProcessor
 from shared.telemetry.switches import settings_problems, telemetry_from_environ
+from support.app_client import LOOP, SEED, SETTING_NAMES, post_completions, post_many
 
-ROOT = Path(__file__).resolve().parent.parent
-CHILD = ROOT / "tests" / "telemetry_child.py"
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = ROOT / "tests" / "support" / "telemetry_child.py"
 SEED_PROMPT_TOKENS = 7  # the emulator counts whitespace-separated words
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TELEMETRY_SETTINGS = ("APPLICATIONINSIGHTS_CONNECTION_STRING", "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY")
@@ -229,7 +229,7 @@ def test_the_invocation_continues_the_functions_trace_context(recorded):
     class Context:
         trace_context = TraceContext()
 
-    from app_client import completions_request
+    from support.app_client import completions_request
 
     user_function = function_app.completions.build().get_user_function()
     assert LOOP.run(user_function(completions_request(SEED), Context())).status_code == 200
@@ -620,9 +620,8 @@ def test_traces_are_rate_limited_by_default_and_metrics_count_everything(configu
 def test_a_sampled_parent_is_always_recorded(configure_app, monkeypatch):
     """Parent-based: when the Functions host's trace context says sampled, the invocation is traced
     whatever the rate (so a trace the host records is never missing its middle)."""
-    from app_client import completions_request
-
     import function_app
+    from support.app_client import completions_request
 
     recorded = SampledRecorded({})
     service = configure_app()

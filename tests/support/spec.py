@@ -17,7 +17,7 @@ from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-SPECS = Path(__file__).resolve().parent / "specs" / "azure-openai"
+SPECS = Path(__file__).resolve().parents[1] / "specs" / "azure-openai"
 VERSIONS = ("2023-05-15", "2024-10-21")
 OPERATION = "/deployments/{deployment-id}/completions"
 

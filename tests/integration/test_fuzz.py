@@ -13,12 +13,12 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import spec
-from app_client import post_completions
 from devserver.openai_emulator import validate_request as emulator_validates
-from shared.errors import AppError
 from shared.config.settings import Limits, SettingsError, load_settings
 from shared.contract.completions import validate_completion_request
+from shared.errors import AppError
+from support import spec
+from support.app_client import post_completions
 
 LIMITS = Limits()
 FIELDS = ["prompt", "max_tokens", "temperature", "top_p", "n", "stop", "presence_penalty", "frequency_penalty",

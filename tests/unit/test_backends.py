@@ -11,13 +11,22 @@ from collections import Counter
 from email.utils import formatdate
 
 import pytest
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from shared.config.backends import BACKENDS_SETTING, MAX_BACKENDS, BackendSettings, Defaults, parse_backends
 from shared.config.settings import load_settings, single_backend
 from shared.upstream.headers import requested_wait
-from shared.upstream.pool import (DEFAULT_COOLDOWN, HEADROOM_TTL, LONG_COOLDOWN, MAX_COOLDOWN, MISCONFIGURED_COOLDOWN,
-                                  BackendPool, Recovery)
+from shared.upstream.pool import (
+    DEFAULT_COOLDOWN,
+    HEADROOM_TTL,
+    LONG_COOLDOWN,
+    MAX_COOLDOWN,
+    MISCONFIGURED_COOLDOWN,
+    BackendPool,
+    Recovery,
+)
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
 EXAMPLE = [
@@ -173,8 +182,8 @@ _json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.di
     st.sampled_from(["name", "endpoint", "deployment", "api_version", "priority", "weight", "auth",
                      "api_key_setting", "client_id", "other"]), inner, max_size=4), max_leaves=12)
 _entries = st.lists(st.fixed_dictionaries({"name": st.from_regex(r"[a-z]{1,8}", fullmatch=True)},
-                                          optional={key: _scalars for key in ("endpoint", "deployment", "priority",
-                                                                               "weight", "auth", "api_key_setting")}),
+                                          optional=dict.fromkeys(("endpoint", "deployment", "priority", "weight",
+                                                                  "auth", "api_key_setting"), _scalars)),
                     max_size=4)
 
 

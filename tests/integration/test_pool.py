@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from app_client import SEED, get_health, post_completions, post_many
 from devserver.emulators import Emulators
+from support.app_client import SEED, get_health, post_completions, post_many
 
 NAMES = ("east", "west", "north")
 
@@ -217,7 +217,7 @@ def test_the_log_line_names_the_backend_and_the_failovers(pool, regions, caplog)
 
 
 def test_queue_and_event_grid_use_the_pool(pool, regions):
-    from test_events import event, from_event_grid, from_queue, message
+    from support.triggers import event, from_event_grid, from_queue, message
 
     pool({"name": "east", "priority": 1}, {"name": "west", "priority": 2})
     regions["east"].openai_control.faults({"status": 429, "retry_after": 30})

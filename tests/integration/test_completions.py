@@ -7,9 +7,9 @@ import json
 import pytest
 import requests
 
-import spec
-from app_client import SEED, get_health, post_completions
 from shared.service import CompletionService
+from support import spec
+from support.app_client import SEED, get_health, post_completions
 
 
 def emulator_stats(emulators) -> dict:

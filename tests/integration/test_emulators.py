@@ -14,11 +14,11 @@ import pytest
 import requests
 from azure.identity import ManagedIdentityCredential
 
-import spec
 from devserver.emulators import DEFAULT_DEPLOYMENT, Emulators
 from devserver.identity_emulator import SYSTEM_ASSIGNED_CLIENT_ID
 from devserver.openai_emulator import OpenAIServer
 from devserver.tokens import TokenSigner
+from support import spec
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
 SEED = {"prompt": "The food was delicious and the waiter", "stop": ".", "temperature": 0}

@@ -11,9 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from app_client import SETTING_NAMES
+from support.app_client import SETTING_NAMES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STORAGE_SETTINGS = ("AzureWebJobsStorage", "AzureWebJobsStorage__queueServiceUri", "AzureWebJobsStorage__accountName",
                     "COMPLETIONS_REQUEST_QUEUE", "COMPLETIONS_RESULT_QUEUE")
 

@@ -8,29 +8,22 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Awaitable, TypeVar
+from typing import Any, TypeVar
 
 import azure.functions as func
 
 import function_app
 from shared.clock import Clock
+from shared.config import registry
 
 T = TypeVar("T")
 
-SETTING_NAMES = (
-    "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_DEPLOYMENT", "AZURE_OPENAI_API_VERSION", "AZURE_OPENAI_AUTH",
-    "AZURE_OPENAI_API_KEY", "AZURE_CLIENT_ID", "AZURE_OPENAI_TOKEN_SCOPE", "AZURE_OPENAI_TIMEOUT",
-    "AZURE_OPENAI_CONNECT_TIMEOUT", "AZURE_OPENAI_MAX_RETRIES", "AZURE_OPENAI_DEADLINE",
-    "AZURE_OPENAI_MAX_CONCURRENCY", "AZURE_OPENAI_MAX_CONNECTIONS", "AZURE_OPENAI_MAX_RESPONSE_BYTES",
-    "COMPLETIONS_MAX_BODY_BYTES", "COMPLETIONS_MAX_PROMPTS",
-    "COMPLETIONS_MAX_TOKENS", "COMPLETIONS_MAX_N", "COMPLETIONS_MAX_BEST_OF", "COMPLETIONS_LOG_TEXT",
-    "OPENAI_API_BASE", "OPENAI_API_KEY", "OPENAI_API_VERSION", "OPENAI_API_TYPE",
-    "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "AZURE_TENANT_ID",
-    "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE", "IMDS_ENDPOINT", "AZURE_OPENAI_BACKENDS",
-    "AZURE_APPCONFIG_ENDPOINT", "AZURE_APPCONFIG_CONNECTION_STRING", "AZURE_APPCONFIG_KEY_PREFIX",
-    "AZURE_APPCONFIG_LABEL", "AZURE_APPCONFIG_SENTINEL", "AZURE_APPCONFIG_REFRESH_SECONDS", "AZURE_APPCONFIG_AUTH",
-)
+# Every setting the app reads (the registry), and the identity platform's own, which tests unset
+# before configuring the app through the environment.
+SETTING_NAMES = (*registry.names(), "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET",
+                 "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE", "IMDS_ENDPOINT")
 SEED = {"prompt": "The food was delicious and the waiter", "stop": ".", "temperature": 0}
 
 

@@ -16,10 +16,10 @@ import time
 
 import pytest
 
-from app_client import LOOP, SEED, post_completions, post_many
-from shared.upstream.client import CompletionClient
-from shared.errors import AppError
 from shared.clock import Clock, Deadline
+from shared.errors import AppError
+from shared.upstream.client import CompletionClient
+from support.app_client import LOOP, SEED, post_completions, post_many
 
 FAST = {"AZURE_OPENAI_TIMEOUT": "0.5", "AZURE_OPENAI_CONNECT_TIMEOUT": "0.5", "AZURE_OPENAI_DEADLINE": "6"}
 SLACK = 1.5  # seconds of scheduling noise tolerated on top of a bound

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 
 INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
 
@@ -31,7 +32,7 @@ class Unresolved(str):
 
 @dataclass
 class Scope:
-    template: "Template"
+    template: Template
     file: str
     bindings: Mapping[str, Any] = field(default_factory=dict)  # parameter values passed in
     loop: Mapping[str, Any] = field(default_factory=dict)
@@ -51,7 +52,7 @@ class Scope:
     def value(self, expr: Any) -> Any:
         return evaluate(expr, self)
 
-    def module(self, name: str, **overrides: Any) -> "Scope":
+    def module(self, name: str, **overrides: Any) -> Scope:
         """The scope of module ``name`` called from this file, its parameters evaluated here."""
         call = self.tree["modules"][name]
         config = call["config"].get("config", call["config"]) if "condition" in call["config"] else call["config"]

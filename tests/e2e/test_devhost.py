@@ -12,8 +12,8 @@ import base64
 import datetime
 import itertools
 import json
-import re
 import os
+import re
 import socket
 import sys
 import time
@@ -24,8 +24,6 @@ import azure.functions as func
 import pytest
 import requests
 
-from app_client import SEED
-from devhost_process import DevHostProcess
 from devserver import storage as storage_module
 from devserver.bindings import QueueOutputs, messages
 from devserver.eventgrid import validation_code
@@ -34,8 +32,10 @@ from devserver.host import compile_template, load_local_settings, route_prefix
 from devserver.hostconfig import HostConfig, HostConfigError, QueueOptions, timespan
 from devserver.queues import Backoff, QueueListener, poison_queue_name
 from devserver.storage import UndecodableMessage, decode_message, encode_message, storage_account
+from support.app_client import SEED
+from support.devhost_process import DevHostProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def exchange(url: str, data: bytes, timeout: float = 5.0) -> int | None:
                 if not chunk:
                     break
                 received += chunk
-        except socket.timeout:
+        except TimeoutError:
             return None
     return int(received.split(b" ", 2)[1]) if received.startswith(b"HTTP/") else None
 
@@ -294,7 +294,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
             data = sock.recv(4096)
             if not data:
                 return True
-    except socket.timeout:
+    except TimeoutError:
         return False
     except ConnectionResetError:
         return True
@@ -430,7 +430,7 @@ def test_message_encoding_is_strict_base64():
 
 
 def test_queue_message_is_built_as_the_worker_builds_it():
-    when = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    when = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
     message = queue_message(b'{"x": 1}', id="m-1", dequeue_count=3, inserted_on=when,
                             expires_on=when + datetime.timedelta(days=7), next_visible_on=when, pop_receipt="r")
     assert isinstance(message, func.QueueMessage)
@@ -490,7 +490,7 @@ class FakeQueue:
 
     SCALE = 0.01
 
-    def __init__(self, name: str, service: "FakeService") -> None:
+    def __init__(self, name: str, service: FakeService) -> None:
         self.name, self.service = name, service
         self.messages: dict[str, dict] = {}
         self.updates: list[tuple[str, int]] = []
@@ -500,7 +500,7 @@ class FakeQueue:
 
     async def send_message(self, text):
         key = f"{self.name}-{next(self.service.ids)}"
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.messages[key] = {"content": text, "dequeue_count": 0, "visible_at": 0.0, "receipt": None,
                               "inserted_on": now}
         return key
@@ -571,8 +571,8 @@ async def _listen(function: Function, options: QueueOptions, until, service: Fak
 
 
 def _options(**changes) -> QueueOptions:
-    values = dict(batch_size=4, new_batch_threshold=2, max_polling_interval=0.1, visibility_timeout=30.0,
-                  max_dequeue_count=3, message_encoding="base64")
+    values = {"batch_size": 4, "new_batch_threshold": 2, "max_polling_interval": 0.1, "visibility_timeout": 30.0,
+              "max_dequeue_count": 3, "message_encoding": "base64"}
     return QueueOptions(**{**values, **changes})
 
 

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from app_client import SEED, call_completions, completions_request, post_completions, post_many
-from app_client import SETTING_NAMES
 from devserver.emulators import EmulatorProcess, Emulators
+from support.app_client import SEED, SETTING_NAMES, call_completions, completions_request, post_completions, post_many
 
 SLACK = 1.5  # seconds of scheduling noise tolerated on top of a bound
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def clean_environ() -> dict[str, str]:
@@ -39,6 +38,15 @@ def test_every_function_is_a_coroutine(declared_functions):
         assert inspect.iscoroutinefunction(function.get_user_function()), name
 
 
+def test_a_context_parameter_has_the_annotation_the_worker_accepts(declared_functions):
+    """The Python worker refuses to load a function whose ``context`` annotation is not a type
+    named Context (``azure_functions_worker/functions.py``): ``func.Context | None`` would fail."""
+    for name, function in declared_functions.items():
+        annotation = inspect.signature(function.get_user_function()).parameters.get("context")
+        if annotation is not None and annotation.annotation is not inspect.Parameter.empty:
+            assert isinstance(annotation.annotation, type) and annotation.annotation.__name__ == "Context", name
+
+
 def _loop_probe(*args: str) -> list[list[str]]:
     """Slow-callback reports per burst from ``tests/loop_probe.py`` (arguments passed on). The
     app runs with its token always due for refresh (a 300 s token, refreshed 300 s before
@@ -52,7 +60,7 @@ def _loop_probe(*args: str) -> list[list[str]]:
         env = {**clean_environ(), **emulators.app_settings(auth="managed_identity"),
                "OTEL_EXPORTER_OTLP_ENDPOINT": refused, "OTEL_TRACES_SAMPLER": "parentbased_always_on",
                "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
-        done = subprocess.run([sys.executable, str(ROOT / "tests" / "loop_probe.py"), *args], cwd=ROOT,
+        done = subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "loop_probe.py"), *args], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=120)
         refreshes = emulators.identity_control.stats()["token_requests"]
     assert done.returncode == 0, done.stderr[-3000:]
@@ -189,7 +197,7 @@ def test_a_response_over_the_size_limit_is_refused_without_reading_it(configure_
 def test_the_invocation_is_cancellable(configure_app, emulators):
     """The worker cancels an invocation at functionTimeout: cancellation is not swallowed
     as an error, and the slot and connection are given back."""
-    from app_client import LOOP
+    from support.app_client import LOOP
 
     configure_app(AZURE_OPENAI_MAX_CONCURRENCY="1")
     emulators.openai_control.config(latency_ms=5000)

@@ -9,7 +9,7 @@
   through the poison queue, undecodable and oversized messages that do not stop
   the listener, concurrency, the Event Grid webhook and the admin API. Timings
   are shortened through ``--host-json`` (visibility 1 s), nothing else changes.
-- The dev host with a probe app (tests/devhost_app) that reports what it was
+- The dev host with a probe app (tests/e2e/devhost_app) that reports what it was
   given: every QueueMessage field, CloudEvents, function keys, Azurite started
   and stopped by the dev host itself.
 """
@@ -32,16 +32,16 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 import function_app
-from app_client import LOOP, SEED
-from devhost_process import DevHostProcess
 from devserver.enqueue import enqueue
 from devserver.results import read_results, wait_for_result
 from devserver.storage import DEV_ACCOUNT_KEY, answers
-from test_events import Out
+from support.app_client import LOOP, SEED
+from support.devhost_process import DevHostProcess
+from support.triggers import Out
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 AZURITE_QUEUE = ROOT / "devserver" / "azurite" / "node_modules" / ".bin" / "azurite-queue"
-PROBE_APP = ROOT / "tests" / "devhost_app"
+PROBE_APP = ROOT / "tests" / "e2e" / "devhost_app"
 REQUESTS, RESULTS, POISON = "completion-requests", "completion-results", "completion-requests-poison"
 
 

@@ -19,13 +19,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from bicep_eval import Template, Unresolved, accessor_path
+
 from shared.config.settings import QueueNames, RetrySettings, SettingsError, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
-CHECKER = ROOT / "tests" / "infra_check.py"
+CHECKER = ROOT / "tests" / "infra" / "infra_check.py"
 INFRA_PYTHON = ROOT / ".venv-infra" / "bin" / "python"
 MAIN_REQUIRED = {"environmentName": "dev", "location": "eastus2"}  # what azd always passes
 # A deploy-time value (a resource's endpoint, an identity's client id) stands in as this URL.
