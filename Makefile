@@ -81,11 +81,11 @@ azurite: $(AZURITE)
 
 # make enqueue REQUEST='{"prompt": "The food was delicious and the waiter", "stop": "."}' [ARGS="--wait 60"]
 enqueue: $(INSTALLED)
-	$(BIN)/python -m devserver.enqueue '$(REQUEST)' $(ARGS)
+	$(BIN)/python -m devserver.tools.enqueue '$(REQUEST)' $(ARGS)
 
 # make results [ARGS="--id order-42 --wait 60"]: results from the results queue (each read is deleted)
 results: $(INSTALLED)
-	$(BIN)/python -m devserver.results $(ARGS)
+	$(BIN)/python -m devserver.tools.results $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(INFRA_VENV) .pytest_cache .hypothesis $(AZURITE_DIR)/node_modules

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks.run import Row, clean_env, fmt, take_turns
 from devserver.emulators import EmulatorProcess
-from devserver.otlp_receiver import OTLPReceiver
+from devserver.emulators.otlp_receiver import OTLPReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -217,7 +217,7 @@ async def loop_pauses(call: Callable[[], Awaitable[int]], emulator: dict, caller
     import base64
     import gc
 
-    from devserver.control_client import EmulatorControl
+    from devserver.emulators.control_client import EmulatorControl
 
     await call()
     stop = asyncio.Event()

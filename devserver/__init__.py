@@ -1,1 +1,3 @@
-"""Dev-only tools: Azure stand-ins (emulators) and a local Functions host. Never deployed."""
+"""Dev-only tools, never deployed: ``host/`` (the local Functions host, ``python -m devserver``),
+``emulators/`` (the Azure stand-ins, ``python -m devserver.emulators``) and ``tools/`` (the sample
+queue producer and results reader)."""

@@ -1,7 +1,7 @@
-"""``python -m devserver``: serve the app locally, every trigger (see devserver.host)."""
+"""``python -m devserver``: serve the app locally, every trigger (see devserver.host.host)."""
 
 import sys
 
-from .host import main
+from .host.host import main
 
 sys.exit(main())

@@ -32,9 +32,9 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 import function_app
-from devserver.enqueue import enqueue
-from devserver.results import read_results, wait_for_result
-from devserver.storage import DEV_ACCOUNT_KEY, answers
+from devserver.host.storage import DEV_ACCOUNT_KEY, answers
+from devserver.tools.enqueue import enqueue
+from devserver.tools.results import read_results, wait_for_result
 from support.app_client import LOOP, SEED
 from support.devhost_process import DevHostProcess
 from support.triggers import Out

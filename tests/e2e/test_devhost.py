@@ -24,14 +24,14 @@ import azure.functions as func
 import pytest
 import requests
 
-from devserver import storage as storage_module
-from devserver.bindings import QueueOutputs, messages
-from devserver.eventgrid import validation_code
-from devserver.functions import Function, Invoker, event_grid_event, index, queue_message
-from devserver.host import compile_template, load_local_settings, route_prefix
-from devserver.hostconfig import HostConfig, HostConfigError, QueueOptions, timespan
-from devserver.queues import Backoff, QueueListener, poison_queue_name
-from devserver.storage import UndecodableMessage, decode_message, encode_message, storage_account
+from devserver.host import storage as storage_module
+from devserver.host.bindings import QueueOutputs, messages
+from devserver.host.eventgrid import validation_code
+from devserver.host.functions import Function, Invoker, event_grid_event, index, queue_message
+from devserver.host.host import compile_template, load_local_settings, route_prefix
+from devserver.host.hostconfig import HostConfig, HostConfigError, QueueOptions, timespan
+from devserver.host.queues import Backoff, QueueListener, poison_queue_name
+from devserver.host.storage import UndecodableMessage, decode_message, encode_message, storage_account
 from support.app_client import SEED
 from support.devhost_process import DevHostProcess
 

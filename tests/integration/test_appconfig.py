@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from devserver.appconfig_emulator import AppConfigStandIns
+from devserver.emulators.appconfig import AppConfigStandIns
 from shared.backoff import Backoff
 from shared.config.appconfig import AppConfigSource, LoadState
 from shared.config.appconfig_bootstrap import AppConfigBootstrap
@@ -561,7 +561,7 @@ def test_control_api_changes_values_and_reports_stats(standins):
 
 def test_the_command_line_serves_the_documented_example_seed():
     seed = ROOT / "devserver" / "appconfig.example.json"
-    process = subprocess.Popen([sys.executable, "-m", "devserver.appconfig_emulator", "--seed", str(seed)], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "devserver.emulators.appconfig", "--seed", str(seed)], cwd=ROOT,
                                stdout=subprocess.PIPE, text=True)
     try:
         described = json.loads(process.stdout.readline())

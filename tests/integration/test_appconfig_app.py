@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from devserver.appconfig_emulator import AppConfigStandIns
+from devserver.emulators.appconfig import AppConfigStandIns
 from shared.service import CompletionService
 from support.app_client import SEED, get_health, post_completions, wait_for
 

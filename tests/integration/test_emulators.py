@@ -15,9 +15,9 @@ import requests
 from azure.identity import ManagedIdentityCredential
 
 from devserver.emulators import DEFAULT_DEPLOYMENT, Emulators
-from devserver.identity_emulator import SYSTEM_ASSIGNED_CLIENT_ID
-from devserver.openai_emulator import OpenAIServer
-from devserver.tokens import TokenSigner
+from devserver.emulators.azure_openai import OpenAIServer
+from devserver.emulators.identity import SYSTEM_ASSIGNED_CLIENT_ID
+from devserver.emulators.tokens import TokenSigner
 from support import spec
 
 SCOPE = "https://cognitiveservices.azure.com/.default"

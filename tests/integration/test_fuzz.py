@@ -13,7 +13,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devserver.openai_emulator import validate_request as emulator_validates
+from devserver.emulators.azure_openai import validate_request as emulator_validates
 from shared.config.settings import Limits, SettingsError, load_settings
 from shared.contract.completions import validate_completion_request
 from shared.errors import AppError

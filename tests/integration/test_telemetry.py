@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from devserver.otlp_receiver import OTLPReceiver, refused_endpoint
+from devserver.emulators.otlp_receiver import OTLPReceiver, refused_endpoint
 from shared.service import CompletionService
 from shared.telemetry.hooks import NOOP, InvocationEnd, InvocationStart
 from shared.telemetry.otel import OTelTelemetry

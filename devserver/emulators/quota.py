@@ -7,7 +7,7 @@ number of prompts, ``max_tokens`` and ``best_of`` (``estimate_tokens``). Both
 are counted over a sliding 60-second window; a request that does not fit is
 not counted and gets 429 with how long until the window admits it.
 
-Simplifications (documented in the README): Azure also checks the request rate
+Simplifications (documented in docs/stand-ins.md): Azure also checks the request rate
 over 1 or 10 second sub-windows, and its token estimate is character based;
 here the window is the whole minute and tokens are the emulator's words.
 """

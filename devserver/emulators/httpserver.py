@@ -1,5 +1,5 @@
 """A small threaded HTTP/1.1 server base for the emulators (the dev host serves with
-aiohttp.web: see devserver/server.py).
+aiohttp.web: see devserver/host/server.py).
 
 Why not plain ``http.server``: its handler writes the status line and headers and
 the body in separate ``send`` calls, which on a keep-alive connection meets

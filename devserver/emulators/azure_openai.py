@@ -30,7 +30,7 @@ from . import completion_text as textgen
 from .control import ControlHandler
 from .faults import Fault, FaultQueue, Sleeper
 from .httpserver import Server
-from .identity_emulator import IdentityState
+from .identity import IdentityState
 from .quota import Quotas, estimate_tokens
 from .tokens import COGNITIVE_SERVICES, TokenSigner
 

@@ -10,7 +10,7 @@ and keeps them, or misbehaves on request (``mode``):
   ``release()`` (or ``stall_seconds`` pass);
 - a refusing collector is simply a port nothing listens on (``refused_endpoint()``).
 
-From the command line, ``python -m devserver.otlp_receiver [--port 4318]`` prints each
+From the command line, ``python -m devserver.emulators.otlp_receiver [--port 4318]`` prints each
 span and metric point it receives (point the app at it with
 ``OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318``).
 """
@@ -235,7 +235,8 @@ def refused_endpoint(host: str = "127.0.0.1") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devserver.otlp_receiver", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devserver.emulators.otlp_receiver",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=4318)
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""A typed client for the emulators' control API (``devserver/control.py``), for tests,
+"""A typed client for the emulators' control API (``devserver/emulators/control.py``), for tests,
 benchmarks and scripts: ``EmulatorControl(base_url).faults({"status": 429, "retry_after": 1})``."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A sample reader of the results queue: print results as they arrive.
 
-    python -m devserver.results                      # every result on the queue now (each read is deleted)
-    python -m devserver.results --id order-42 --wait 60
-    python -m devserver.results --wait 30 --keep     # wait for results; leave them on the queue
+    python -m devserver.tools.results                      # every result on the queue now (each read is deleted)
+    python -m devserver.tools.results --id order-42 --wait 60
+    python -m devserver.tools.results --wait 30 --keep     # wait for results; leave them on the queue
 
 Results are base64-encoded JSON messages (``TextBase64DecodePolicy``), one per
 request: ``{"id", "status": "succeeded" | "failed", ...}``. The connection comes
@@ -25,7 +25,7 @@ from pathlib import Path
 from azure.core.exceptions import ResourceExistsError, ServiceRequestError
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 OTHERS_HIDDEN_FOR = 1  # seconds a result read for someone else stays invisible to other readers
 # A couple of quick retries: storage that is not running is reported in seconds, not after
 # the SDK's default 15 s, 18 s and 24 s waits.
@@ -91,7 +91,7 @@ def wait_for_result(connection: str, results_queue_name: str, request_id: str, t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devserver.results", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devserver.tools.results", description=__doc__.split("\n")[0])
     parser.add_argument("--connection", default=None, help="storage connection string")
     parser.add_argument("--queue", default=os.environ.get("COMPLETIONS_RESULT_QUEUE") or "completion-results")
     parser.add_argument("--id", action="append", default=None, help="only this request's result (repeatable)")

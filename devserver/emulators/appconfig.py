@@ -51,7 +51,7 @@ To take the store down for real (connection refused), use
 
 From the command line (one JSON line once listening, then serves until interrupted)::
 
-    python -m devserver.appconfig_emulator [--seed FILE.json] [--host 127.0.0.1] [--port 0] [--token-secret S]
+    python -m devserver.emulators.appconfig [--seed FILE.json] [--host 127.0.0.1] [--port 0] [--token-secret S]
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from .control import ControlHandler
 from .faults import FaultQueue, Sleeper
-from .identity_emulator import IdentityServer
-from .keyvault_emulator import KeyVaultServer
+from .identity import IdentityServer
+from .keyvault import KeyVaultServer
 from .tls import LocalCA, TLSServer
 from .tokens import TokenSigner
 
@@ -664,7 +664,7 @@ class AppConfigStandIns:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devserver.appconfig_emulator",
+    parser = argparse.ArgumentParser(prog="python -m devserver.emulators.appconfig",
                                      description="App Configuration and Key Vault stand-ins over HTTPS.")
     parser.add_argument("--seed", default=None, help="a JSON seed file (settings and secrets)")
     parser.add_argument("--host", default="127.0.0.1")

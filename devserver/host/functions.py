@@ -8,7 +8,7 @@ library's own converters, so a ``func.QueueMessage`` or ``func.EventGridEvent``
 is built the same way), passes a ``func.Out`` for each output binding, awaits a
 coroutine function on the running event loop or runs a plain function on a
 thread, and hands back what the function returned and set. Writing the outputs
-is the host's job (``devserver.bindings``).
+is the host's job (``devserver.host.bindings``).
 """
 
 from __future__ import annotations

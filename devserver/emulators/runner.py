@@ -24,9 +24,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .azure_openai import DEFAULT_DEPLOYMENTS, OpenAIServer
 from .control_client import EmulatorControl
-from .identity_emulator import DEFAULT_TOKEN_LIFETIME, IdentityServer
-from .openai_emulator import DEFAULT_DEPLOYMENTS, OpenAIServer
+from .identity import DEFAULT_TOKEN_LIFETIME, IdentityServer
 from .tokens import TokenSigner
 
 DEFAULT_DEPLOYMENT = "gpt-35-turbo-instruct"
@@ -103,7 +103,7 @@ class EmulatorProcess:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen([sys.executable, "-m", "devserver.emulators", *args],
-                                        cwd=Path(__file__).resolve().parent.parent, env=env or dict(os.environ),
+                                        cwd=Path(__file__).resolve().parents[2], env=env or dict(os.environ),
                                         stdout=subprocess.PIPE, text=True)
         self.info = json.loads(self.process.stdout.readline())
         self.openai_control = EmulatorControl(self.info["endpoint"])
@@ -154,8 +154,5 @@ def main(argv: list[str] | None = None) -> int:
     emulators.stop()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 __all__ = ["Emulators", "EmulatorProcess", "DEFAULT_DEPLOYMENT", "DEFAULT_DEPLOYMENTS", "main"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-AZURITE_DIR = Path(__file__).resolve().parent / "azurite"
+AZURITE_DIR = Path(__file__).resolve().parents[1] / "azurite"
 AZURITE_QUEUE = AZURITE_DIR / "node_modules" / ".bin" / "azurite-queue"
 DEV_ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development account key: public, documented, the same on every machine.

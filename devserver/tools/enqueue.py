@@ -1,10 +1,10 @@
 """A sample producer: put a completion request on the request queue, optionally wait for its result.
 
-    python -m devserver.enqueue '{"prompt": "The food was delicious and the waiter", "stop": "."}' --wait 60
+    python -m devserver.tools.enqueue '{"prompt": "The food was delicious and the waiter", "stop": "."}' --wait 60
 
 Messages are base64-encoded text, as the Functions queue trigger expects by
 default (``TextBase64EncodePolicy``); results are read the same way
-(``TextBase64DecodePolicy``, see ``devserver.results``). The connection string
+(``TextBase64DecodePolicy``, see ``devserver.tools.results``). The connection string
 comes from ``--connection``, else ``AzureWebJobsStorage`` (environment, then
 local.settings.json), else Azurite's ``UseDevelopmentStorage=true``: the
 storage ``make run`` uses, so with ``make run`` serving this needs no
@@ -41,7 +41,7 @@ def enqueue(connection: str, queue: str, request: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devserver.enqueue", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devserver.tools.enqueue", description=__doc__.split("\n")[0])
     parser.add_argument("request", help="the request JSON (the HTTP body, optionally with an 'id')")
     parser.add_argument("--connection", default=None, help="storage connection string")
     parser.add_argument("--queue", default=os.environ.get("COMPLETIONS_REQUEST_QUEUE") or "completion-requests")

@@ -36,10 +36,10 @@ from pathlib import Path
 from aiohttp import web
 from azure.core.exceptions import AzureError, ResourceExistsError
 
+from ..emulators import DEFAULT_DEPLOYMENT, Emulators
 from . import storage as storage_module
 from .admin import AdminApi
 from .bindings import QueueOutputs
-from .emulators import DEFAULT_DEPLOYMENT, Emulators
 from .eventgrid import WEBHOOK_PATH, EventGridWebhook
 from .functions import TRIGGER_EVENT_GRID, TRIGGER_QUEUE, Function, Invoker, index
 from .hostconfig import HostConfig, HostConfigError
@@ -49,7 +49,7 @@ from .queues import QueueListener, poison_queue_name
 from .server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, BoundedServer, connection_limit, raise_file_limit
 from .storage import AzuriteProcess, StorageAccount
 
-APP_DIR = Path(__file__).resolve().parent.parent
+APP_DIR = Path(__file__).resolve().parents[2]
 SHUTDOWN_GRACE = 10.0  # seconds invocations in flight get to finish on Ctrl-C
 log = logging.getLogger("devserver")
 
@@ -279,7 +279,7 @@ class DevHost:
         if self.storage.problem and self.storage.loud:
             lines += ["", stars, "* QUEUES ARE NOT SERVED: " + self.storage.problem,
                       "* Only HTTP functions (and the admin API) work. Set AzureWebJobsStorage, or see the",
-                      "* README (\"The dev host\") for running Azurite.", stars]
+                      "* docs/dev-host.md (\"The dev host\", Storage) for running Azurite.", stars]
         if emulators is not None:
             lines += ["", stars,
                       "* No AZURE_OPENAI_ENDPOINT configured: answers come from the local EMULATOR,",
@@ -305,7 +305,7 @@ def start_appconfig(seed: Path, emulators: Emulators | None, environ=os.environ)
     settings that point the app at them (over HTTPS with a local CA; the emulators' identity
     when they run, else the store's connection string). Refreshed every 5 s unless
     AZURE_APPCONFIG_REFRESH_SECONDS says otherwise, so a change shows quickly."""
-    from .appconfig_emulator import AppConfigStandIns
+    from ..emulators.appconfig import AppConfigStandIns
 
     standins = AppConfigStandIns.start(seed, identity=emulators.identity if emulators is not None else None)
     auth = "managed_identity" if emulators is not None else "connection_string"
