@@ -17,28 +17,16 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks.common import PYTHON, ROOT, Row, clean_env, fmt, take_turns
+from benchmarks.telemetry import telemetry_cold_start, telemetry_overhead
 from devserver.emulators import EmulatorProcess
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-# The app's settings, and the telemetry switches: a benchmark process never exports anywhere by accident.
-SETTING_PREFIXES = ("AZURE_OPENAI_", "OPENAI_", "COMPLETIONS_", "IDENTITY_", "MSI_", "AZURE_CLIENT", "OTEL_",
-                    "APPLICATIONINSIGHTS_", "PYTHON_APPLICATIONINSIGHTS_", "AZURE_MONITOR")
 REQUEST = {"prompt": "The food was delicious and the waiter", "stop": ".", "temperature": 0}
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
 
 
 class Emulator(EmulatorProcess):
@@ -69,25 +57,6 @@ def start_worker(side: str, scenario: str, emulator: Emulator, stdin: bool = Fal
                             stdin=subprocess.PIPE if stdin else None)
 
 
-def take_turns(workers: dict[str, subprocess.Popen], calls: int, rounds: int) -> dict[str, list[int]]:
-    """Sequential per-request durations (ns) from interactive workers (each line asks for that
-    many calls), the sides taking turns in ``rounds`` blocks in alternating order, so that the
-    machine's drift over the run falls on both alike. Closes the workers' input when done."""
-    durations: dict[str, list[int]] = {side: [] for side in workers}
-    sides = list(workers)
-    try:
-        for number in range(rounds):
-            for side in (sides if number % 2 == 0 else sides[::-1]):
-                workers[side].stdin.write(f"{calls // rounds}\n")
-                workers[side].stdin.flush()
-                durations[side] += json.loads(workers[side].stdout.readline())
-    finally:
-        for worker in workers.values():
-            worker.stdin.close()
-            worker.wait(timeout=60)
-    return durations
-
-
 def finish(worker: subprocess.Popen, timeout: float = 300) -> dict:
     out, _ = worker.communicate(timeout=timeout)
     if worker.returncode != 0:
@@ -97,21 +66,6 @@ def finish(worker: subprocess.Popen, timeout: float = 300) -> dict:
 
 def run_worker(side: str, scenario: str, emulator: Emulator, **config) -> dict:
     return finish(start_worker(side, scenario, emulator, **config))
-
-
-@dataclass
-class Row:
-    number: int
-    metric: str
-    target: str
-    app: str
-    baseline: str
-    met: bool | None
-    notes: list[str] = field(default_factory=list)
-
-
-def fmt(value: float, digits: int = 2) -> str:
-    return f"{value:.{digits}f}"
 
 
 # -- 1. per-request overhead ---------------------------------------------------------------
@@ -506,8 +460,6 @@ def main(argv: list[str] | None = None) -> int:
     print("13: pauses of the event loop ...", flush=True)
     rows += loop_pauses(callers=256, collections=3 if args.quick else 9, answer_choices=40)
     print("11 + 12: telemetry ...", flush=True)
-    from benchmarks.telemetry import telemetry_cold_start, telemetry_overhead
-
     rows.append(telemetry_overhead(calls=800 if args.quick else 4000, rounds=8 if args.quick else 40))
     rows.append(telemetry_overhead(calls=200 if args.quick else 1000, rounds=4 if args.quick else 20, latency_ms=20))
     rows += telemetry_cold_start(repeats=2 if args.quick else 7)

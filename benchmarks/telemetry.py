@@ -23,7 +23,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from benchmarks.run import Row, clean_env, fmt, take_turns
+from benchmarks.common import Row, clean_env, fmt, take_turns
 from devserver.emulators import EmulatorProcess
 from devserver.emulators.otlp_receiver import OTLPReceiver
 
