@@ -42,11 +42,6 @@ class LocalCA:
         self._cert.configure_cert(context)
         return context
 
-    def client_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context()
-        self._ca.configure_trust(context)
-        return context
-
     def cleanup(self) -> None:
         shutil.rmtree(self._folder, ignore_errors=True)
 
