@@ -25,7 +25,7 @@ AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite
 NPM := $(shell command -v npm 2>/dev/null)
 TEST_NEEDS := $(INSTALLED) $(INFRA_INSTALLED) $(if $(NPM),$(AZURITE))
 
-.PHONY: run test test-unit lint infra-check bench emulators azurite enqueue results clean
+.PHONY: run test test-unit lint infra-check bench emulators azurite enqueue results caller-key clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ run: $(INSTALLED)
 ifneq ($(NPM),)
 	@$(MAKE) --no-print-directory $(AZURITE) || echo "npm could not install Azurite: queues will not be served" >&2
 endif
-	$(BIN)/python -m devserver $(ARGS)
+	PYTHON_ENABLE_INIT_INDEXING=$${PYTHON_ENABLE_INIT_INDEXING:-1} $(BIN)/python -m devserver $(ARGS)
 
 # The installs run side by side (they wait on the network more than on the CPU); then the suite.
 # tests/infra/test_infra.py runs the infra check; INFRA_CHECK_REQUIRED makes it fail, not skip, without .venv-infra.
@@ -86,6 +86,10 @@ enqueue: $(INSTALLED)
 # make results [ARGS="--id order-42 --wait 60"]: results from the results queue (each read is deleted)
 results: $(INSTALLED)
 	$(BIN)/python -m devserver.tools.results $(ARGS)
+
+# make caller-key NAME=team-a: a new caller key, printed once, and its COMPLETIONS_CALLER_KEYS entry
+caller-key:
+	$(PYTHON) -m devserver.tools.caller_key '$(NAME)'
 
 clean:
 	rm -rf $(VENV) $(INFRA_VENV) .pytest_cache .hypothesis $(AZURITE_DIR)/node_modules

@@ -7,6 +7,11 @@ invalid settings never break indexing: requests then get 503 ``not_configured``.
 Every function is a coroutine: the worker runs them on its event loop, so one
 instance holds hundreds of completions waiting on Azure OpenAI at once, where
 sync functions would each hold one of the worker's few threads.
+
+The HTTP functions take FastAPI's ``Request`` and return its ``Response``: importing the
+Functions streaming extension switches every HTTP function of the app to those types
+(the worker serves them through uvicorn; the app setting PYTHON_ENABLE_INIT_INDEXING=1
+turns that on), and it is what lets an answer stream (server-sent events).
 """
 
 import gc
@@ -15,19 +20,24 @@ import os
 import uuid
 
 import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
 
-from shared import events
+from shared import events, web
+from shared.callers import routes_are_anonymous
 from shared.config.host_json import max_dequeue_count
 from shared.config.settings import QueueNames
-from shared.outcome import Outcome, request_id_for
 from shared.service import CompletionService
 from shared.telemetry.hooks import TraceContext
 from shared.telemetry.switches import telemetry_from_environ
 
-app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+# Binding metadata, read when the host indexes the app: with caller keys or App Service
+# Authentication the host lets requests through and the app checks the caller (shared.callers).
+ANONYMOUS_ROUTES = routes_are_anonymous(os.environ)
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS if ANONYMOUS_ROUTES else func.AuthLevel.FUNCTION)
 # Metrics and traces when APPLICATIONINSIGHTS_CONNECTION_STRING or OTEL_EXPORTER_OTLP_ENDPOINT is set
 # (docs/observability.md); otherwise a no-op, and no OpenTelemetry module is imported.
 service = CompletionService.from_environ(telemetry=telemetry_from_environ())
+service.anonymous_routes = ANONYMOUS_ROUTES
 queues = QueueNames.from_environ(os.environ)  # binding metadata: read when the host indexes the app
 recent_results = events.RecentResults()
 MAX_DEQUEUE_COUNT = max_dequeue_count()  # host.json: the delivery after which the host gives a message up
@@ -37,28 +47,95 @@ STORAGE = "AzureWebJobsStorage"
 # whose annotation is not a type named Context), so its None default carries a type: ignore.
 
 
-def _http_response(outcome: Outcome, request_id: str) -> func.HttpResponse:
-    return func.HttpResponse(
-        outcome.json(), status_code=outcome.status, mimetype="application/json",
-        headers={**outcome.headers, "x-request-id": request_id})
+async def _call(req: Request) -> web.HttpCall:
+    body = await web.read_body(req.stream(), service.max_body_bytes())
+    return web.HttpCall(dict(req.headers), body, dict(req.path_params))
 
 
-@app.route(route="completions", methods=["POST"])
-async def completions(req: func.HttpRequest,
-                      context: func.Context = None) -> func.HttpResponse:  # type: ignore[assignment]
-    """POST /api/completions: a completion from the configured deployment."""
-    request_id = request_id_for(req.headers.get("x-request-id"))
+def _response(answer: web.HttpAnswer) -> Response:
+    return Response(answer.body, status_code=answer.status, headers=dict(answer.headers), media_type=answer.media_type)
+
+
+async def _complete(route: str, req: Request, context: func.Context | None) -> Response:
     with service.telemetry.continue_trace(TraceContext.of(context)):  # the worker passes context: its trace_context
-        return _http_response(await service.complete(req.get_body(), request_id), request_id)
+        return _response(await web.complete(service, route, await _call(req)))
+
+
+# -- the app's own contract ---------------------------------------------------------------------------
+@app.route(route="completions", methods=["POST"])
+async def completions(req: Request,
+                      context: func.Context = None) -> Response:  # type: ignore[assignment]
+    """POST /api/completions: a completion (docs/api.md)."""
+    return await _complete("completions", req, context)
+
+
+@app.route(route="chat/completions", methods=["POST"])
+async def chat_completions(req: Request,
+                           context: func.Context = None) -> Response:  # type: ignore[assignment]
+    """POST /api/chat/completions: a chat completion (docs/api.md)."""
+    return await _complete("chat_completions", req, context)
+
+
+# -- what the OpenAI SDKs call (docs/sdk.md) -------------------------------------------------------------
+@app.route(route="openai/deployments/{deployment}/completions", methods=["POST"])
+async def azure_completions(req: Request,
+                            context: func.Context = None) -> Response:  # type: ignore[assignment]
+    """AzureOpenAI(azure_endpoint=".../api").completions.create(model=<deployment>)"""
+    return await _complete("azure_completions", req, context)
+
+
+@app.route(route="openai/deployments/{deployment}/chat/completions", methods=["POST"])
+async def azure_chat_completions(req: Request,
+                                 context: func.Context = None) -> Response:  # type: ignore[assignment]
+    """AzureOpenAI(azure_endpoint=".../api").chat.completions.create(model=<deployment>)"""
+    return await _complete("azure_chat_completions", req, context)
+
+
+@app.route(route="v1/completions", methods=["POST"])
+async def v1_completions(req: Request,
+                         context: func.Context = None) -> Response:  # type: ignore[assignment]
+    """OpenAI(base_url=".../api/v1").completions.create(model=...)"""
+    return await _complete("v1_completions", req, context)
+
+
+@app.route(route="v1/chat/completions", methods=["POST"])
+async def v1_chat_completions(req: Request,
+                              context: func.Context = None) -> Response:  # type: ignore[assignment]
+    """OpenAI(base_url=".../api/v1").chat.completions.create(model=...)"""
+    return await _complete("v1_chat_completions", req, context)
+
+
+@app.route(route="v1/models", methods=["GET"])
+async def v1_models(req: Request) -> Response:
+    """OpenAI(base_url=".../api/v1").models.list()"""
+    return _response(web.models(service, await _call(req)))
+
+
+@app.route(route="v1/models/{model}", methods=["GET"])
+async def v1_model(req: Request) -> Response:
+    """OpenAI(base_url=".../api/v1").models.retrieve(model)"""
+    return _response(web.models(service, await _call(req)))
+
+
+@app.route(route="openai/models", methods=["GET"])
+async def azure_models(req: Request) -> Response:
+    """AzureOpenAI(azure_endpoint=".../api").models.list()"""
+    return _response(web.models(service, await _call(req)))
+
+
+@app.route(route="openai/models/{model}", methods=["GET"])
+async def azure_model(req: Request) -> Response:
+    """AzureOpenAI(azure_endpoint=".../api").models.retrieve(model)"""
+    return _response(web.models(service, await _call(req)))
 
 
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-async def health(req: func.HttpRequest) -> func.HttpResponse:
+async def health(req: Request) -> Response:
     """GET /api/health: whether the settings are valid (names only, never values)."""
-    request_id = request_id_for(req.headers.get("x-request-id"))
-    return _http_response(service.health(), request_id)
+    return _response(web.health(service, await _call(req)))
 
 
+# -- event-driven -----------------------------------------------------------------------------------
 @app.queue_trigger(arg_name="msg", queue_name=queues.requests, connection=STORAGE)
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
 async def completion_from_queue(msg: func.QueueMessage, result: func.Out[str],

@@ -27,12 +27,13 @@ class AppError(Exception):
     """``status``, ``code``, ``message``, ``param``, ``retry_after``, ``retryable`` and
     ``details`` are for the caller. The rest is for the invocation's log line and the
     client's decisions: ``attempts`` and ``upstream_ms``; ``upstream_status`` and
-    ``upstream_headers`` (what upstream answered, when it did); ``deadline_exhausted``
+    ``upstream_headers`` (what upstream answered, when it did), ``upstream_code`` (the code in its
+    error body); ``deadline_exhausted``
     (the caller's deadline ran out: that says nothing about the backend, which must not
     be cooled for it)."""
 
     _FIELDS = ("status", "code", "message", "param", "retry_after", "retryable", "details", "attempts",
-               "upstream_ms", "upstream_status", "upstream_headers", "deadline_exhausted")
+               "upstream_ms", "upstream_status", "upstream_headers", "upstream_code", "deadline_exhausted")
     status: int
     code: str
     message: str
@@ -44,18 +45,20 @@ class AppError(Exception):
     upstream_ms: float | None
     upstream_status: int | None
     upstream_headers: Mapping[str, str] | None
+    upstream_code: str | None
     deadline_exhausted: bool
 
     def __init__(self, status: int, code: str, message: str, *, param: str | None = None,
                  retry_after: float | None = None, retryable: bool = False,
                  details: Mapping[str, Any] | None = None, attempts: int = 0, upstream_ms: float | None = None,
                  upstream_status: int | None = None, upstream_headers: Mapping[str, str] | None = None,
-                 deadline_exhausted: bool = False) -> None:
+                 upstream_code: str | None = None, deadline_exhausted: bool = False) -> None:
         super().__init__(message)
         values = {"status": status, "code": code, "message": message, "param": param, "retry_after": retry_after,
                   "retryable": retryable, "details": MappingProxyType(dict(details or {})), "attempts": attempts,
                   "upstream_ms": upstream_ms, "upstream_status": upstream_status,
-                  "upstream_headers": upstream_headers, "deadline_exhausted": deadline_exhausted}
+                  "upstream_headers": upstream_headers, "upstream_code": upstream_code,
+                  "deadline_exhausted": deadline_exhausted}
         for name, value in values.items():
             object.__setattr__(self, name, value)
 

@@ -1,6 +1,8 @@
 """Event-driven completions (Storage queue, Event Grid): the same pipeline, answers as messages.
 
-A request message is the HTTP body plus an optional correlation ``id``. Every
+A request message is the HTTP body plus an optional correlation ``id``: a completion
+(``prompt``, as ``/api/completions``) or a chat completion (``messages``, as
+``/api/chat/completions``). Every
 request gets exactly one result message:
 ``{"id", "status": "succeeded", "result": <the HTTP 200 body>}`` or
 ``{"id", "status": "failed", "error": {"code", "message"}}``.
@@ -130,7 +132,10 @@ async def handle_request(service: CompletionService, recent: RecentResults, mess
         log.info("%s request %r answered again from memory (a redelivery)", source, correlation_id)
         return remembered
 
-    outcome = await service.complete(request, request_id_for(correlation_id), source=source)
+    # A request with messages is a chat request; with a prompt, a completion (both: the chat
+    # validator names 'prompt' as unknown).
+    run = service.chat if "messages" in request else service.complete
+    outcome = await run(request, request_id_for(correlation_id), source=source)
     if outcome.ok:
         # the answer's JSON as the service encoded it, not a second pass over it
         result = f'{{"id": {json.dumps(correlation_id)}, "status": "succeeded", "result": {outcome.json()}}}'

@@ -37,20 +37,27 @@ def configure_loggers(settings: Settings) -> None:
 
 
 def log_invocation(outcome: Outcome, result: UpstreamResult | None, params: dict[str, Any], request_id: str,
-                   source: str, started: float, settings: Settings | None, trace_id: str = "") -> None:
+                   source: str, started: float, settings: Settings | None, trace_id: str = "",
+                   caller: str = "-") -> None:
     """The invocation's one line (``started``: its ``time.perf_counter()``), and its text when asked for."""
     error = outcome.error
     usage = outcome.body.get("usage", {}) if outcome.ok else {}
     attempts = result.attempts if result else (error.attempts if error else 0)
     upstream_ms = result.upstream_ms if result else (error.upstream_ms if error else None)
+    adjusted = ",".join(result.plan.adjusted) if result and result.plan.adjusted else "-"
     log.info(
-        "completion request_id=%s source=%s backend=%s deployment=%s status=%d code=%s attempts=%d failovers=%s "
-        "upstream_ms=%s prompt_tokens=%s completion_tokens=%s total_tokens=%s duration_ms=%.1f%s",
-        request_id, source, result.backend.name if result else "-", result.backend.deployment if result else "-",
-        outcome.status, error.code if error else "ok", attempts, result.failovers if result else "-",
-        f"{upstream_ms:.1f}" if upstream_ms is not None else "-",
+        "completion request_id=%s source=%s caller=%s backend=%s deployment=%s api=%s status=%d code=%s "
+        "attempts=%d failovers=%s adjusted=%s upstream_ms=%s prompt_tokens=%s completion_tokens=%s "
+        "total_tokens=%s duration_ms=%.1f%s",
+        request_id, source, caller, result.backend.name if result else "-",
+        result.backend.deployment if result else "-",
+        result.plan.api if result else "-", outcome.status, error.code if error else "ok", attempts,
+        result.failovers if result else "-", adjusted, f"{upstream_ms:.1f}" if upstream_ms is not None else "-",
         usage.get("prompt_tokens", "-"), usage.get("completion_tokens", "-"), usage.get("total_tokens", "-"),
         (time.perf_counter() - started) * 1000, f" trace_id={trace_id}" if trace_id else "")
     if settings is not None and settings.log_text and params:
-        log.info("completion text request_id=%s prompt=%r completions=%r", request_id, params.get("prompt"),
-                 [choice["text"] for choice in outcome.body.get("choices", [])])
+        from .handler import answer_text
+
+        asked = params.get("messages") if "messages" in params else params.get("prompt")
+        log.info("completion text request_id=%s prompt=%r completions=%r", request_id, asked,
+                 [answer_text(choice) for choice in outcome.body.get("choices", []) if isinstance(choice, dict)])

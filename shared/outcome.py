@@ -36,12 +36,43 @@ class Outcome(NamedTuple):
         return self.status == 200
 
     @classmethod
-    def failed(cls, error: AppError, request_id: str) -> Outcome:
+    def failed(cls, error: AppError, request_id: str, dialect: str = "app") -> Outcome:
+        """The error in the app's shape, or (``dialect`` "openai") in the one the OpenAI SDKs read."""
+        if dialect == "openai":
+            return cls(error.status, openai_error_body(error), openai_error_headers(error), error)
         return cls(error.status, error.body(request_id), error.headers(), error)
 
     @classmethod
-    def answer(cls, body: dict[str, Any]) -> Outcome:
-        return cls(200, body, encoded=encode_answer(body))
+    def answer(cls, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Outcome:
+        return cls(200, body, MappingProxyType(dict(headers)) if headers else MappingProxyType({}),
+                   encoded=encode_answer(body))
+
+
+# The SDKs raise one exception class per status; ``type`` is what OpenAI's own API says for it.
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
+                 404: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_exceeded"}
+# Statuses whose retry cannot help: the SDKs are told not to (their own retries would multiply the app's).
+_FINAL_STATUSES = (400, 401, 403, 404, 413)
+
+
+def openai_error_body(error: AppError) -> dict[str, Any]:
+    """``{"error": {"message", "type", "param", "code"}}``, as the OpenAI SDKs read it (with Azure's
+    ``innererror`` for a content filter hit)."""
+    body: dict[str, Any] = {"message": error.message, "type": _OPENAI_TYPES.get(error.status, "server_error"),
+                            "param": error.param, "code": error.code}
+    if error.code == "content_filter":
+        body["innererror"] = {"code": "ResponsibleAIPolicyViolation",
+                              "content_filter_result": error.details.get("content_filter_result", {})}
+    return {"error": body}
+
+
+def openai_error_headers(error: AppError) -> dict[str, str]:
+    headers = dict(error.headers())
+    if "Retry-After" in headers:
+        headers["retry-after-ms"] = str(int(headers["Retry-After"]) * 1000)
+    if error.status in _FINAL_STATUSES or error.code == "upstream_misconfigured" or not error.retryable:
+        headers["x-should-retry"] = "false"
+    return headers
 
 
 def encode_answer(body: dict[str, Any]) -> str:

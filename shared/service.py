@@ -9,7 +9,6 @@ one log line.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -19,6 +18,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .callers import HOST, Caller, CallerCheck
 from .clock import SYSTEM_CLOCK, Clock, Deadline
 from .config.settings import (
     STORE_SETTINGS,
@@ -30,13 +30,14 @@ from .config.settings import (
     load_settings,
 )
 from .contract.body import parse_json_body
-from .contract.completions import shape_response, validate_completion_request
 from .errors import AppError, internal_error, not_configured
+from .handler import OPERATION_NAMES, Operation, shape, telemetry_end, validate
 from .logs import configure_loggers, log_invocation
 from .outcome import Outcome
-from .telemetry.hooks import NOOP, InvocationEnd, InvocationStart, Telemetry, Usage
+from .telemetry.hooks import NOOP, InvocationStart, Telemetry
 from .upstream.build import client_for
 from .upstream.client import CompletionClient, UpstreamResult
+from .upstream.routing import model_not_found
 from .upstream.transport import UpstreamHttp
 
 if TYPE_CHECKING:
@@ -72,6 +73,9 @@ class CompletionService:
         self._retired: list[tuple[float, UpstreamHttp]] = []  # replaced transports, closed once drained
         self._retired_due = math.inf  # the earliest of those times: requests look at this only
         self._retired_lock = threading.Lock()  # appended to on the store's thread, drained on the loop's
+        # Whether the host lets requests through unchecked, so that the app checks callers itself
+        # (binding metadata: function_app sets it when the host indexes the app; shared.callers).
+        self.anonymous_routes = False
 
     @property
     def settings(self) -> Settings | None:
@@ -142,33 +146,75 @@ class CompletionService:
     # -- requests ------------------------------------------------------------
     async def complete(self, request: bytes | Any, request_id: str, *, source: str = "http") -> Outcome:
         """Run one completion. ``request`` is the raw body, or an already-decoded JSON document."""
+        return await self.handle(Operation("completions"), request, request_id, source=source)
+
+    async def chat(self, request: bytes | Any, request_id: str, *, source: str = "http") -> Outcome:
+        """Run one chat completion (the app's contract)."""
+        return await self.handle(Operation("chat"), request, request_id, source=source)
+
+    async def handle(self, operation: Operation, request: bytes | Any, request_id: str, *, source: str = "http",
+                     headers: Mapping[str, str] | None = None) -> Outcome:
+        """Run one request of ``operation``: never raises; every request ends as an Outcome and a log line.
+        ``headers`` (an HTTP request's, names lowercased): who is calling is checked first."""
         settings = self._pipeline.settings
-        start = InvocationStart(source, "text_completion", settings.backends[0].deployment if settings else None,
-                                request_id)
+        start = InvocationStart(source, OPERATION_NAMES[operation.kind],
+                                settings.backends[0].deployment if settings else None, request_id)
         with self.telemetry.invocation(start) as call:  # its span, its metrics
             started = time.perf_counter()
             result: UpstreamResult | None = None
             params: dict[str, Any] = {}
+            caller = HOST
             try:
                 began = self._clock.monotonic()
                 pipeline = await self._current(began)
                 settings, client = pipeline.settings, pipeline.client
                 assert settings is not None and client is not None
+                if headers is not None:
+                    caller = self._check(settings).caller(headers)
+                    call.identify(caller.name)
                 # (a wait for the store's first load counts against the deadline)
                 deadline = Deadline(settings.retry.deadline - (self._clock.monotonic() - began), self._clock)
-                params = validate_completion_request(self._document(request, settings.limits), settings.limits)
-                result = await client.complete(params, deadline, request_id)
-                outcome = Outcome.answer(shape_response(result.response, result.backend.deployment,
-                                                        result.backend.name))
+                upstream, model = validate(operation, self._document(request, settings.limits), settings)
+                params = upstream.params
+                result = await client.complete(upstream, deadline, request_id, model=model, chat=settings.chat)
+                outcome = shape(operation, result, params)
             except AppError as exc:
-                outcome = Outcome.failed(exc, request_id)
+                outcome = Outcome.failed(exc, request_id, operation.dialect)
             except Exception:  # noqa: BLE001 - the caller gets a coded 500, the log gets the traceback
                 log.exception("completion request_id=%s failed unexpectedly", request_id)
-                outcome = Outcome.failed(internal_error(), request_id)
+                outcome = Outcome.failed(internal_error(), request_id, operation.dialect)
             if self.telemetry.enabled:
-                call.finish(_telemetry_end(outcome, result, params, settings))
-            log_invocation(outcome, result, params, request_id, source, started, settings, call.trace_id)
+                call.finish(telemetry_end(outcome, result, params, settings))
+            log_invocation(outcome, result, params, request_id, source, started, settings, call.trace_id,
+                           caller.name)
             return outcome
+
+    def caller(self, headers: Mapping[str, str]) -> Caller:
+        """Who sent a request with ``headers``; AppError 401 (nobody), or 503 (no settings to check with)."""
+        settings = self._pipeline.settings
+        if settings is None:
+            if not self.anonymous_routes:
+                return HOST
+            raise not_configured(self._problems())
+        return self._check(settings).caller(headers)
+
+    def _check(self, settings: Settings) -> CallerCheck:
+        return CallerCheck(settings.callers.keys, settings.callers.platform, self.anonymous_routes)
+
+    def models(self, model: str | None = None) -> dict[str, Any]:
+        """The models callers may name, in OpenAI's list shape; one of them when ``model`` is given."""
+        settings = self._pipeline.settings
+        if settings is None:
+            raise not_configured(self._problems())
+        created = int(self._pipeline.loaded_at)
+        known = [{"id": name, "object": "model", "created": created, "owned_by": "azure-openai-completions"}
+                 for name in dict.fromkeys(b.model for b in settings.backends)]
+        if model is None:
+            return {"object": "list", "data": known}
+        found = next((entry for entry in known if entry["id"] == model), None)
+        if found is None:
+            raise model_not_found(model)
+        return found
 
     @staticmethod
     def _document(request: bytes | Any, limits: Limits) -> Any:
@@ -209,6 +255,10 @@ class CompletionService:
             return state.problems or {self._source.bootstrap.store_setting: state.status}
         return self._pipeline.problems
 
+    def max_body_bytes(self) -> int:
+        settings = self._pipeline.settings
+        return (settings.limits if settings else Limits()).max_body_bytes
+
     def decode(self, body: bytes | bytearray) -> Any:
         """The JSON document in ``body`` (AppError 413/400 when too large or not JSON)."""
         settings = self._pipeline.settings
@@ -221,54 +271,13 @@ class CompletionService:
         if pipeline.settings is None or pipeline.client is None:
             return Outcome(503, {"status": "not_configured", "settings": dict(self._problems()),
                                  "configuration": configuration})
-        first = pipeline.settings.backends[0]
-        return Outcome(200, {"status": "ok", "deployment": first.deployment, "api_version": first.api_version,
-                             "auth": first.auth, "backends": pipeline.client.pool.snapshot(),
+        client, first = pipeline.client, pipeline.settings.backends[0]
+        backends = [{**state, "model": backend.model, "api": client.knowledge.api(backend)}
+                    for state, backend in zip(client.pool.snapshot(), client.backends, strict=True)]
+        return Outcome(200, {"status": "ok", "deployment": first.deployment, "model": first.model,
+                             "api_version": first.api_version, "auth": first.auth, "backends": backends,
                              "configuration": configuration})
 
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-
-
-_REQUEST_NUMBERS = ("max_tokens", "temperature", "top_p", "n", "seed", "presence_penalty", "frequency_penalty")
-
-
-def _telemetry_end(outcome: Outcome, result: UpstreamResult | None, params: dict[str, Any],
-                   settings: Settings | None) -> InvocationEnd:
-    """The invocation's telemetry record (built only when telemetry is on)."""
-    error = outcome.error
-    response = result.response if result is not None else None
-    model = response.get("model") if isinstance(response, dict) else None
-    response_id = response.get("id") if isinstance(response, dict) else None
-    usage = outcome.body.get("usage") if outcome.ok else None
-    choices = outcome.body.get("choices") if outcome.ok else None
-    end = InvocationEnd(
-        outcome.status, error.code if error is not None else "ok", bool(params),
-        backend=result.backend if result is not None else None,
-        response_model=model if isinstance(model, str) else None,
-        response_id=response_id if isinstance(response_id, str) else None,
-        usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)) if isinstance(usage, dict)
-        else None,
-        finish_reasons=tuple(str(c.get("finish_reason")) for c in choices) if isinstance(choices, list) else (),
-        attempts=result.attempts if result is not None else (error.attempts if error is not None else 0),
-        failovers=result.failovers if result is not None else None,
-        request={name: value for name in _REQUEST_NUMBERS if isinstance(value := params.get(name), (int, float))
-                 and not isinstance(value, bool)})
-    if settings is not None and settings.log_text and params:
-        end = end._replace(input_messages=_input_messages(params), output_messages=_output_messages(choices))
-    return end
-
-
-def _input_messages(params: Mapping[str, Any]) -> str:
-    """The prompt(s) as the gen-AI conventions' opt-in content attribute (only with COMPLETIONS_LOG_TEXT)."""
-    prompts = params.get("prompt")
-    prompts = prompts if isinstance(prompts, list) else [prompts]
-    return json.dumps([{"role": "user", "parts": [{"type": "text", "content": prompt}]} for prompt in prompts])
-
-
-def _output_messages(choices: Any) -> str | None:
-    if not isinstance(choices, list):
-        return None
-    return json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": choice.get("text", "")}],
-                        "finish_reason": choice.get("finish_reason")} for choice in choices])

@@ -126,7 +126,8 @@ class AdminApi:
         return web.Response(status=202)
 
     async def _run(self, function: Function, trigger) -> None:
-        invocation = await self._invoker.invoke(function, trigger, HOST_API_REASON)
+        # (shielded: a caller that hangs up does not cancel an invocation, as with the host)
+        invocation = await asyncio.shield(self._invoker.invoke(function, trigger, HOST_API_REASON))
         if invocation.succeeded and self._outputs is not None:
             try:
                 await self._outputs.write(invocation)

@@ -110,7 +110,8 @@ class EventGridWebhook:
         return web.Response(status=202)
 
     async def _deliver(self, function: Function, trigger: Any) -> bool:
-        invocation = await self._invoker.invoke(function, trigger, "EventGrid trigger fired")
+        # (shielded: a delivery that hangs up does not cancel an invocation, as with the host)
+        invocation = await asyncio.shield(self._invoker.invoke(function, trigger, "EventGrid trigger fired"))
         if not invocation.succeeded:
             return False
         if self._outputs is not None:

@@ -43,6 +43,7 @@ from .bindings import QueueOutputs
 from .eventgrid import WEBHOOK_PATH, EventGridWebhook
 from .functions import TRIGGER_EVENT_GRID, TRIGGER_QUEUE, Function, Invoker, index
 from .hostconfig import HostConfig, HostConfigError
+from . import http_v2
 from .http_triggers import HttpTriggers, compile_template  # noqa: F401 - compile_template: part of this API
 from .keys import FunctionKeys
 from .queues import QueueListener, poison_queue_name
@@ -165,7 +166,12 @@ class DevHost:
         if self.service is not None:
             self.outputs = QueueOutputs(self.service, self.config.queues.message_encoding, self._notify)
         body_timeout = self.idle_timeout
-        self.http = HttpTriggers(served, self.config.http, self.invoker, self.keys, body_timeout)
+        self.worker = None
+        if http_v2.enabled():  # the app streams: its HTTP functions are served as the worker serves them
+            http_v2.check(served)
+            self.worker = http_v2.WorkerServer()
+            await self.worker.start()
+        self.http = HttpTriggers(served, self.config.http, self.invoker, self.keys, body_timeout, self.worker)
         self.webhook = EventGridWebhook(served, self.invoker, self.outputs, self.keys, body_timeout)
         self.admin = AdminApi(self.functions, self.invoker, self.outputs, self.keys, self.unserved,
                               self._invoke_url, body_timeout)
@@ -247,6 +253,9 @@ class DevHost:
                              return_exceptions=True)
         if self.service is not None:
             await self.service.close()
+        await self.http.close()
+        if self.worker is not None:
+            await self.worker.stop()
         self.invoker.close()
 
     def banner(self, emulators: Emulators | None, appconfig=None) -> str:
@@ -381,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         devhost = DevHost(index(app.get_functions()), config, storage, FunctionKeys(args.function_key),
                           args.host, args.port, max_connections, args.idle_timeout)
         asyncio.run(serve(devhost, emulators, appconfig))
+    except http_v2.HttpV2Error as error:  # what the worker reports when it cannot load the functions
+        print(f"The app's functions cannot be served: {error}", file=sys.stderr)
+        return 1
     except OSError as error:  # the port is taken, most likely
         print(f"The dev host cannot listen on {args.host}:{args.port}: {error.strerror or error}"
               " (another `make run` or `func start`? `make run ARGS=\"--port 8080\"` picks another port)",

@@ -2,28 +2,43 @@
 
 Routes come from each function's ``route`` and ``methods`` (ASP.NET-style
 templates: ``items/{id:int}/{name?}``, ``{*rest}``) under ``host.json``'s
-``extensions.http.routePrefix``. A request becomes a ``func.HttpRequest``, the
-function's ``func.HttpResponse`` (or other return value) becomes the answer; a
-function that raises gets an empty 500, as from the Functions host. The host's
-throttles apply: beyond ``maxConcurrentRequests`` requests wait, beyond
-``maxOutstandingRequests`` in all they get 429 at once.
+``extensions.http.routePrefix``. The host's throttles apply: beyond
+``maxConcurrentRequests`` requests wait, beyond ``maxOutstandingRequests`` in all
+they get 429 at once. Then, as the app was written:
+
+- Classic functions: the request becomes a ``func.HttpRequest``, the function's
+  ``func.HttpResponse`` (or other return value) becomes the answer; a function that
+  raises gets an empty 500, as from the Functions host.
+- With the streaming extension (``http_v2``): the request is proxied, as the host's
+  YARP forwarder does, to the worker's uvicorn server with ``x-ms-invocation-id``,
+  while the invocation (carrying only the route values) runs the function with the
+  FastAPI request; the answer streams back chunk by chunk. ``functionTimeout`` covers
+  the whole exchange, streaming included; a client that leaves closes the proxied
+  connection, and uvicorn stops the response's body (``StreamingResponse`` cancels
+  its iterator), as in Azure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
+import uuid
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
+import aiohttp
 import azure.functions as func
 from aiohttp import web
 
 from .functions import HOST_API_REASON, TRIGGER_HTTP, Function, Invoker
 from .hostconfig import HttpOptions
+from .http_v2 import INVOCATION_HEADER, WorkerServer
 from .keys import FunctionKeys
 from .server import read_body
 
+log = logging.getLogger("devserver.http")
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE")
 _CONSTRAINTS = {"int": r"-?\d+", "long": r"-?\d+", "alpha": r"[A-Za-z]+", "bool": r"(?:true|false)",
                 "guid": r"[0-9A-Fa-f]{8}-?(?:[0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}",
@@ -72,9 +87,14 @@ def route_for(function: Function, prefix: str) -> Route:
     return Route(function, template, methods, compile_template(template))
 
 
+# Hop-by-hop headers: a proxy never forwards them (RFC 9110 7.6.1), nor Host (YARP sets the destination's).
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+               "transfer-encoding", "upgrade", "host", "content-length"}
+
+
 class HttpTriggers:
     def __init__(self, functions: list[Function], options: HttpOptions, invoker: Invoker, keys: FunctionKeys,
-                 body_timeout: float) -> None:
+                 body_timeout: float, worker: WorkerServer | None = None) -> None:
         self.routes = [route_for(f, options.route_prefix) for f in functions if f.trigger_type == TRIGGER_HTTP]
         self._invoker = invoker
         self._keys = keys
@@ -82,6 +102,8 @@ class HttpTriggers:
         self._outstanding = 0
         self._max_outstanding = options.max_outstanding_requests
         self._slots = asyncio.Semaphore(options.max_concurrent_requests) if options.max_concurrent_requests else None
+        self._worker = worker  # the worker's web server, when the app streams (http_v2)
+        self._proxy: aiohttp.ClientSession | None = None
 
     def find(self, path: str, method: str, *, encoded: bool = False) -> tuple[Route, dict[str, str]] | None:
         for route in self.routes:
@@ -97,21 +119,84 @@ class HttpTriggers:
         self._outstanding += 1
         try:
             body = await read_body(request, self._body_timeout)
-            http_request = func.HttpRequest(
-                method=request.method, url=f"{request.scheme}://{request.host}{request.raw_path}",
-                headers={name: ", ".join(request.headers.getall(name)) for name in request.headers.keys()},
-                params=dict(parse_qsl(request.query_string, keep_blank_values=True)),
-                route_params=route_params, body=body)
-            if self._slots is None:
-                invocation = await self._invoker.invoke(route.function, http_request, HOST_API_REASON)
-            else:
-                async with self._slots:
-                    invocation = await self._invoker.invoke(route.function, http_request, HOST_API_REASON)
+            async with self._slots if self._slots is not None else contextlib.nullcontext():
+                if self._worker is not None:
+                    return await self._proxied(request, route, route_params, body)
+                return await self._classic(request, route, route_params, body)
         finally:
             self._outstanding -= 1
+
+    async def _classic(self, request: web.Request, route: Route, route_params: dict[str, str],
+                       body: bytes) -> web.StreamResponse:
+        http_request = func.HttpRequest(
+            method=request.method, url=f"{request.scheme}://{request.host}{request.raw_path}",
+            headers={name: ", ".join(request.headers.getall(name)) for name in request.headers.keys()},
+            params=dict(parse_qsl(request.query_string, keep_blank_values=True)),
+            route_params=route_params, body=body)
+        # (shielded: a client that hangs up does not cancel an invocation, as with the host)
+        invocation = await asyncio.shield(self._invoker.invoke(route.function, http_request, HOST_API_REASON))
         if not invocation.succeeded:
             return web.Response(status=500)
         return to_response(invocation.returned)
+
+    async def _proxied(self, request: web.Request, route: Route, route_params: dict[str, str],
+                       body: bytes) -> web.StreamResponse:
+        """The host's forwarding to the worker's web server (DefaultHttpProxyService), and the
+        invocation that pairs with it by ``x-ms-invocation-id``."""
+        assert self._worker is not None
+        invocation_id = str(uuid.uuid4())
+        invocation = asyncio.create_task(self._invoke_v2(route.function, route_params, invocation_id))
+        headers = {name: value for name, value in request.headers.items() if name.lower() not in _HOP_BY_HOP}
+        headers.update({INVOCATION_HEADER: invocation_id, "X-Forwarded-For": request.remote or "",
+                        "X-Forwarded-Proto": request.scheme, "X-Forwarded-Host": request.host})
+        response: web.StreamResponse | None = None
+        try:
+            async with asyncio.timeout(self._invoker.function_timeout):  # the invocation and the streaming
+                async with self._session().request(request.method, self._worker.url + request.raw_path,
+                                                   headers=headers, data=body, allow_redirects=False) as upstream:
+                    response = web.StreamResponse(status=upstream.status, headers={
+                        name: value for name, value in upstream.headers.items() if name.lower() not in _HOP_BY_HOP})
+                    if upstream.content_length is not None:
+                        response.content_length = upstream.content_length
+                    await response.prepare(request)
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+                    await response.write_eof()
+                    return response
+        except TimeoutError:
+            log.error("Timeout value of %s seconds exceeded by function 'Functions.%s' (Id: '%s'): the response "
+                      "is cut", self._invoker.function_timeout, route.function.name, invocation_id)
+            if response is None:
+                return web.Response(status=500)
+            if request.transport is not None:
+                request.transport.close()  # mid-stream: the caller sees the answer cut, as from Azure
+            return response
+        finally:
+            if not invocation.done():  # no request reached the worker, or the answer was cut
+                invocation.cancel()
+            self._worker.coordinator.forget(invocation_id)
+
+    async def _invoke_v2(self, function: Function, route_params: dict[str, str], invocation_id: str) -> None:
+        """The worker's side: wait for the proxied request, give it the host's route values
+        (``sync_http_request``), run the function, hand its answer (or exception) to the route."""
+        assert self._worker is not None
+        coordinator = self._worker.coordinator
+        fastapi_request = await coordinator.request(invocation_id)
+        fastapi_request.path_params.clear()
+        fastapi_request.path_params.update(route_params)
+        invocation = await self._invoker.invoke(function, fastapi_request, HOST_API_REASON)
+        coordinator.set_response(invocation_id, invocation.returned if invocation.succeeded else invocation.error)
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._proxy is None or self._proxy.closed:
+            self._proxy = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        return self._proxy
+
+    async def close(self) -> None:
+        if self._proxy is not None:
+            await self._proxy.close()
 
 
 def to_response(returned) -> web.Response:

@@ -88,8 +88,11 @@ class BoundedServer:
         self.host = host
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        # handler_cancellation: a client that hangs up cancels its handler at once (the host's
+        # proxy sees the abort, as Kestrel does); invocations themselves are shielded from it.
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout,
-                                     shutdown_timeout=shutdown_timeout, lingering_time=LINGERING_TIME)
+                                     shutdown_timeout=shutdown_timeout, lingering_time=LINGERING_TIME,
+                                     handler_cancellation=True)
         self._port = port
         self._listener: asyncio.AbstractServer | None = None
         logging.getLogger("aiohttp.server").addFilter(_QuietClientErrors())

@@ -19,7 +19,7 @@ from typing import Any
 
 from .endpoints import api_version_problem, deployment_problem, endpoint_problem
 from .protected import holds_other_credentials
-from .registry import AUTH_MODES, BACKENDS
+from .registry import API_KINDS, AUTH_MODES, BACKENDS
 
 BACKENDS_SETTING = BACKENDS.name
 DEFAULT_BACKEND_NAME = "default"
@@ -27,10 +27,11 @@ MAX_BACKENDS = 64
 MAX_PRIORITY = MAX_WEIGHT = 1000
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
 _PRINTABLE_KEY = re.compile(r"[A-Za-z0-9_-]{1,40}")  # unknown keys are named only when they look like keys
 _FIELDS = ("name", "endpoint", "deployment", "api_version", "priority", "weight", "auth", "api_key_setting",
-           "client_id")
+           "client_id", "api", "model")
 _KEY_VAULT_REFERENCE = "@microsoft.keyvault("
 _RULES = {"endpoint": endpoint_problem, "deployment": deployment_problem, "api_version": api_version_problem}
 
@@ -49,6 +50,18 @@ class BackendSettings:
     api_key: str | None = field(default=None, repr=False)
     client_id: str | None = None
     token_scope: str
+    api: str = "auto"  # which API it speaks: auto, chat or completions
+    model: str = ""  # the name callers use for it; its deployment when empty
+    from_pool: bool = False  # listed in AZURE_OPENAI_BACKENDS (not the single-endpoint settings)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            object.__setattr__(self, "model", self.deployment)
+
+    @property
+    def api_setting(self) -> str:
+        """Where its ``api`` is set, for an error that names it."""
+        return f"AZURE_OPENAI_BACKENDS entry '{self.name}'" if self.from_pool else "AZURE_OPENAI_API"
 
     @property
     def identity(self) -> tuple[str, str | None, str] | None:
@@ -84,6 +97,7 @@ class Defaults:
     auth: str
     client_id: str | None
     token_scope: str
+    api: str = "auto"
 
 
 def parse_backends(environ: Mapping[str, str],
@@ -150,12 +164,19 @@ class _Entry:
             self.found.append(f"auth must be one of {', '.join(AUTH_MODES)}")
         client_id = self._text("client_id") or self.defaults.client_id
         api_key = self._api_key(auth)
+        api = (self._text("api") or self.defaults.api).lower()
+        if api not in API_KINDS:
+            self.found.append(f"api must be one of {', '.join(API_KINDS)}")
+        model = self._text("model")
+        if model is not None and not _MODEL.fullmatch(model):
+            self.found.append("model must be 1 to 64 letters, digits, . _ - or :")
         if self.found:
             problems.extend(f"{label}: {reason}" for reason in self.found)
             return None
         return BackendSettings(name=name, endpoint=(endpoint or "").rstrip("/"), deployment=deployment or "",
                                api_version=api_version or "", priority=priority, weight=weight, auth=auth,
-                               api_key=api_key, client_id=client_id, token_scope=self.defaults.token_scope)
+                               api_key=api_key, client_id=client_id, token_scope=self.defaults.token_scope, api=api,
+                               model=model or "", from_pool=True)
 
     def _name(self) -> tuple[str, str]:
         name = self.entry.get("name")

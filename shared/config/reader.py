@@ -33,6 +33,13 @@ class Reader:
             return value
         return default if default is not None else setting.default
 
+    def text_or_empty(self, setting: Setting) -> str:
+        """Like ``text``, but a setting present and blank reads as "" (deliberately empty), not the default."""
+        value = self.environ.get(setting.name)
+        if value is not None and not value.strip():
+            return ""
+        return self.text(setting) or ""
+
     def choice(self, setting: Setting, default: str | None = None) -> str:
         value = self.raw(setting)
         fallback = default if default is not None else setting.default

@@ -57,6 +57,9 @@ ENDPOINT = _s("AZURE_OPENAI_ENDPOINT", "url", None,
               fallback="OPENAI_API_BASE", default_text="required (unless `AZURE_OPENAI_BACKENDS`)")
 DEPLOYMENT = _s("AZURE_OPENAI_DEPLOYMENT", "text", None, "deployment name, e.g. `gpt-4.1-mini`", "upstream",
                 default_text="required (unless every backend names one)")
+API = _s("AZURE_OPENAI_API", "choice", "auto",
+         "which API the deployment speaks: `chat`, `completions`, or `auto` (chat, switching at once to completions "
+         "when the deployment says it only does those, and remembering it)", "upstream", choices=API_KINDS)
 BACKENDS = _s("AZURE_OPENAI_BACKENDS", "json", None,
               "a pool of deployments, as JSON ([design](design.md#backend-pool)); without it the settings here are "
               "a pool of one named `default`", "upstream")
@@ -102,13 +105,36 @@ MAX_RESPONSE_BYTES = _s("AZURE_OPENAI_MAX_RESPONSE_BYTES", "int", 8 * MIB,
 MAX_BODY_BYTES = _s("COMPLETIONS_MAX_BODY_BYTES", "int", MIB, "largest accepted body", "limits", low=1024,
                     high=64 * MIB)
 MAX_PROMPTS = _s("COMPLETIONS_MAX_PROMPTS", "int", 16, "most prompts in a list", "limits", low=1, high=2048)
-MAX_TOKENS = _s("COMPLETIONS_MAX_TOKENS", "int", 1024, "highest `max_tokens` a caller may ask for", "limits",
-                low=1, high=128_000)
+MAX_TOKENS = _s("COMPLETIONS_MAX_TOKENS", "int", 16384,
+                "highest `max_tokens` or `max_completion_tokens` a caller may ask for (a reasoning model's thinking "
+                "counts against the latter)", "limits", low=1, high=128_000)
+MAX_MESSAGES = _s("COMPLETIONS_MAX_MESSAGES", "int", 256, "most messages in a chat request", "limits", low=1,
+                  high=2048)
 MAX_N = _s("COMPLETIONS_MAX_N", "int", 10, "highest `n`", "limits", low=1, high=128)
 MAX_BEST_OF = _s("COMPLETIONS_MAX_BEST_OF", "int", 20, "highest `best_of` (the service's own limit)", "limits",
                  low=1, high=20)
+CHAT_INSTRUCTIONS = _s("COMPLETIONS_CHAT_INSTRUCTIONS", "text",
+                       "Continue the user's text. Answer with the continuation only: do not repeat the text, "
+                       "do not comment on it.",
+                       "the instruction sent before each prompt when `/api/completions` runs on a chat deployment; "
+                       "set it empty to send none", "limits", default_text="a short instruction to continue the text")
+ADAPT_PARAMETERS = _s("COMPLETIONS_ADAPT_PARAMETERS", "flag", True,
+                      "learn what a reasoning deployment refuses (`max_tokens`, `temperature`, `stop` ...) from its "
+                      "answer and send the request again without it; `false` passes the refusal on as 400 "
+                      "`upstream_rejected`", "limits")
 LOG_TEXT = _s("COMPLETIONS_LOG_TEXT", "flag", False,
               "`true` logs prompts and completions (and lets openai's DEBUG request logs through)", "limits")
+
+# -- who may call ------------------------------------------------------------------------------------
+CALLER_KEYS = _s("COMPLETIONS_CALLER_KEYS", "json", None,
+                 "callers and their keys, as a JSON object: name → SHA-256 hex digest of the key (`make caller-key`). "
+                 "Set in app settings at indexing, the HTTP routes are anonymous at the host and the app checks "
+                 "`api-key` or `Authorization: Bearer` itself ([the SDKs](sdk.md)); the store may change the keys",
+                 "callers")
+AUTH_ENABLED = _s("WEBSITE_AUTH_ENABLED", "flag", False,
+                  "set by the platform when App Service Authentication is on: the HTTP routes are anonymous at the "
+                  "host and the app trusts the caller the platform validated (`x-ms-client-principal-*`)",
+                  "callers", store=False)
 
 # -- event-driven (binding metadata: read when the host indexes the app) ----------------------------
 REQUEST_QUEUE = _s("COMPLETIONS_REQUEST_QUEUE", "text", "completion-requests",
@@ -159,6 +185,7 @@ OTEL_SDK_DISABLED = _s("OTEL_SDK_DISABLED", "flag", False, "`true` turns telemet
 SETTINGS: tuple[Setting, ...] = tuple(value for value in dict(globals()).values() if isinstance(value, Setting))
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 GROUPS = {"upstream": "Azure OpenAI", "retry": "Time, retries and capacity", "limits": "What a request may ask for",
+          "callers": "Who may call",
           "queues": "Event-driven", "appconfig": "Azure App Configuration (app settings only)",
           "trust": "Trust", "telemetry": "Telemetry"}
 
@@ -199,5 +226,22 @@ def markdown_table() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-if __name__ == "__main__":
-    print(markdown_table(), end="")
+START, END = "<!-- settings table: generated", "<!-- end of the generated table -->"
+
+
+def write_page(path: str) -> None:
+    """Replace the generated table in ``path`` (docs/settings.md) with the registry's."""
+    with open(path, encoding="utf-8") as page:
+        text = page.read()
+    start = text.index("\n", text.index(START)) + 1
+    with open(path, "w", encoding="utf-8") as page:
+        page.write(text[:start] + markdown_table() + text[text.index(END):])
+
+
+if __name__ == "__main__":  # python -m shared.config.registry [--write docs/settings.md]
+    import sys
+
+    if sys.argv[1:2] == ["--write"]:
+        write_page(sys.argv[2])
+    else:
+        print(markdown_table(), end="")

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from . import registry as R
 from .backends import BackendSettings, Defaults, parse_backends
 from .ca_bundle import ca_problems
+from .caller_keys import parse_caller_keys
 from .endpoints import api_version_problem, deployment_problem, endpoint_problem
 from .host_json import function_timeout_seconds
 from .reader import Reader
@@ -38,6 +39,7 @@ class UpstreamSettings:
     api_key: str | None = field(default=None, repr=False)
     client_id: str | None = None
     token_scope: str = R.DEFAULT_TOKEN_SCOPE
+    api: str = R.API.default
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,30 @@ class Limits:
     max_tokens: int = R.MAX_TOKENS.default
     max_n: int = R.MAX_N.default
     max_best_of: int = R.MAX_BEST_OF.default
+    max_messages: int = R.MAX_MESSAGES.default
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """How the app speaks to chat deployments."""
+
+    instructions: str = R.CHAT_INSTRUCTIONS.default  # before each prompt of /api/completions; "" sends none
+    adapt_parameters: bool = R.ADAPT_PARAMETERS.default  # learn and drop what a reasoning deployment refuses
 
 
 def single_backend(upstream: UpstreamSettings) -> BackendSettings:
     """The pool of one the single-endpoint settings describe."""
     return BackendSettings(name="default", endpoint=upstream.endpoint, deployment=upstream.deployment,
                            api_version=upstream.api_version, auth=upstream.auth, api_key=upstream.api_key,
-                           client_id=upstream.client_id, token_scope=upstream.token_scope)
+                           client_id=upstream.client_id, token_scope=upstream.token_scope, api=upstream.api)
+
+
+@dataclass(frozen=True)
+class CallerSettings:
+    """Who may call, when the app checks it itself (``shared.callers``)."""
+
+    keys: Mapping[str, bytes] = field(default_factory=dict, repr=False)  # caller name -> SHA-256 of its key
+    platform: bool = False  # App Service Authentication validated the caller
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,8 @@ class Settings:
     upstream: UpstreamSettings
     retry: RetrySettings = RetrySettings()
     limits: Limits = Limits()
+    chat: ChatSettings = ChatSettings()
+    callers: CallerSettings = CallerSettings()
     log_text: bool = False
     backends: tuple[BackendSettings, ...] = ()  # what the client calls: never empty once loaded
 
@@ -170,7 +191,7 @@ def _upstream(read: Reader, pooled: bool) -> UpstreamSettings:
         read.problems[R.API_KEY.name] = "is required when AZURE_OPENAI_AUTH is key"
     return UpstreamSettings(endpoint=(endpoint or "").rstrip("/"), deployment=deployment or "",
                             api_version=api_version, auth=auth, api_key=api_key, client_id=read.text(R.CLIENT_ID),
-                            token_scope=read.text(R.TOKEN_SCOPE) or "")
+                            token_scope=read.text(R.TOKEN_SCOPE) or "", api=read.choice(R.API))
 
 
 def _retry(read: Reader, function_timeout: Callable[[], float | None]) -> RetrySettings:
@@ -186,7 +207,7 @@ def _retry(read: Reader, function_timeout: Callable[[], float | None]) -> RetryS
 def _limits(read: Reader) -> Limits:
     return Limits(max_body_bytes=read.integer(R.MAX_BODY_BYTES), max_prompts=read.integer(R.MAX_PROMPTS),
                   max_tokens=read.integer(R.MAX_TOKENS), max_n=read.integer(R.MAX_N),
-                  max_best_of=read.integer(R.MAX_BEST_OF))
+                  max_best_of=read.integer(R.MAX_BEST_OF), max_messages=read.integer(R.MAX_MESSAGES))
 
 
 def load_settings(environ: Mapping[str, str] | None = None, *,
@@ -199,10 +220,17 @@ def load_settings(environ: Mapping[str, str] | None = None, *,
     if pooled:
         backends, problems = parse_backends(read.environ, Defaults(
             deployment=upstream.deployment or None, api_version=upstream.api_version, auth=upstream.auth,
-            client_id=upstream.client_id, token_scope=upstream.token_scope))
+            client_id=upstream.client_id, token_scope=upstream.token_scope, api=upstream.api))
         read.problems.update(problems)
     retry, limits, log_text = _retry(read, function_timeout), _limits(read), read.flag(R.LOG_TEXT)
+    chat = ChatSettings(instructions=read.text_or_empty(R.CHAT_INSTRUCTIONS),
+                        adapt_parameters=read.flag(R.ADAPT_PARAMETERS))
+    keys, problem = parse_caller_keys(read.raw(R.CALLER_KEYS))
+    if problem is not None:
+        read.problems[R.CALLER_KEYS.name] = problem
+    callers = CallerSettings(keys=keys, platform=read.flag(R.AUTH_ENABLED))
     read.problems.update(ca_problems(read.environ))  # outbound HTTPS trusts that file: it must be usable
     if read.problems:
         raise SettingsError(read.problems)
-    return Settings(upstream=upstream, retry=retry, limits=limits, log_text=log_text, backends=backends)
+    return Settings(upstream=upstream, retry=retry, limits=limits, chat=chat, callers=callers, log_text=log_text,
+                    backends=backends)

@@ -12,22 +12,26 @@ from typing import Any
 
 from ..config.settings import Limits
 from ..errors import invalid_request
-from .fields import INT64, integer, is_int, number, string, strings
+from .fields import INT64, boolean, integer, logit_bias, number, stream_flag, string, strings
 
 ALLOWED = frozenset({
     "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "presence_penalty", "frequency_penalty",
-    "logit_bias", "user", "logprobs", "echo", "suffix", "best_of", "seed", "stream",
+    "logit_bias", "user", "logprobs", "echo", "suffix", "best_of", "seed", "stream", "stream_options", "model",
 })
 
 
-def validate_completion_request(data: Any, limits: Limits) -> dict[str, Any]:
-    """The parameters to send upstream, or AppError 400 ``invalid_request`` naming ``param``."""
+def validate_completion_request(data: Any, limits: Limits, *, passthrough: bool = False,
+                                streaming: bool = False) -> dict[str, Any]:
+    """The parameters to send upstream (``model`` left out), or AppError 400 ``invalid_request``
+    naming ``param``. ``passthrough``: unknown fields go to the service (the compatible routes)."""
     if not isinstance(data, dict):
         raise invalid_request("The body must be a JSON object.")
-    unknown = sorted(set(data) - ALLOWED)
-    if unknown:
-        raise invalid_request(f"Unknown field(s): {', '.join(unknown)}.", unknown[0])
+    if not passthrough:
+        unknown = sorted(set(data) - ALLOWED)
+        if unknown:
+            raise invalid_request(f"Unknown field(s): {', '.join(unknown)}.", unknown[0])
     params = {name: value for name, value in data.items() if value is not None}
+    params.pop("model", None)
     if "prompt" not in params:
         raise invalid_request("'prompt' is required.", "prompt")
     strings(params["prompt"], "prompt", most=limits.max_prompts, what="the text to complete")
@@ -47,20 +51,10 @@ def validate_completion_request(data: Any, limits: Limits) -> dict[str, Any]:
     string(params, "suffix")
     if "best_of" in params and params["best_of"] < params.get("n", 1):
         raise invalid_request("'best_of' must be greater than or equal to 'n'.", "best_of")
-    if "echo" in params and type(params["echo"]) is not bool:
-        raise invalid_request("'echo' must be true or false.", "echo")
-    if "stream" in params:
-        if type(params["stream"]) is not bool:
-            raise invalid_request("'stream' must be true or false.", "stream")
-        if params.pop("stream"):
-            raise invalid_request("Streaming is not supported by this endpoint yet; omit 'stream'.", "stream")
-    if "logit_bias" in params:
-        bias = params["logit_bias"]
-        if not isinstance(bias, dict) or not all(
-                token.isascii() and token.isdigit() and is_int(value) and -100 <= value <= 100
-                for token, value in bias.items()):
-            raise invalid_request("'logit_bias' must map token ids (digit strings) to integers from -100 "
-                                  "to 100.", "logit_bias")
+    boolean(params, "echo")
+    if stream_flag(params, streaming):
+        params["stream"] = True
+    logit_bias(params)
     return params
 
 

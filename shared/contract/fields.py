@@ -48,3 +48,36 @@ def strings(value: Any, name: str, *, most: int, what: str) -> None:
         return
     raise invalid_request(f"'{name}' must be {what}: a non-empty string or a list of 1 to {most} "
                           "non-empty strings.", name)
+
+
+def boolean(params: dict[str, Any], name: str) -> None:
+    if name in params and type(params[name]) is not bool:
+        raise invalid_request(f"'{name}' must be true or false.", name)
+
+
+def logit_bias(params: dict[str, Any]) -> None:
+    if "logit_bias" in params:
+        bias = params["logit_bias"]
+        if not isinstance(bias, dict) or not all(
+                token.isascii() and token.isdigit() and is_int(value) and -100 <= value <= 100
+                for token, value in bias.items()):
+            raise invalid_request("'logit_bias' must map token ids (digit strings) to integers from -100 "
+                                  "to 100.", "logit_bias")
+
+
+def stream_flag(params: dict[str, Any], streaming: bool) -> bool:
+    """``stream`` read (and removed): whether the caller asked for a stream, which it may only where
+    ``streaming`` is served; ``stream_options`` only with a stream."""
+    stream = params.pop("stream", False)
+    if type(stream) is not bool:
+        raise invalid_request("'stream' must be true or false.", "stream")
+    if stream and not streaming:
+        raise invalid_request("Streaming is not supported here; omit 'stream'.", "stream")
+    options = params.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise invalid_request("'stream_options' is only allowed with 'stream': true.", "stream_options")
+        if not isinstance(options, dict) or set(options) - {"include_usage"} or \
+                type(options.get("include_usage", False)) is not bool:
+            raise invalid_request("'stream_options' must be {\"include_usage\": true or false}.", "stream_options")
+    return stream

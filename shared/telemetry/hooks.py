@@ -53,6 +53,7 @@ class InvocationEnd(NamedTuple):
     status: int
     code: str  # "ok", or the error's code
     valid: bool  # the request passed validation: a gen-AI operation took place
+    operation: str | None = None  # the gen-AI operation that answered (chat, text_completion); None: unknown
     backend: BackendSettings | None = None  # the one that answered (or was tried last)
     response_model: str | None = None
     response_id: str | None = None
@@ -86,6 +87,9 @@ class Invocation:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         return None
+
+    def identify(self, caller: str) -> None:
+        """The caller the app authenticated (a configured caller's name, or the platform's principal)."""
 
     def finish(self, end: InvocationEnd) -> None:
         """The invocation's outcome."""
@@ -124,9 +128,10 @@ class Telemetry:
         """Time the invocation waited for one of the instance's concurrency slots (called only
         when every slot was taken)."""
 
-    def attempt(self, backend: BackendSettings, number: int, kind: str) -> Attempt:
+    def attempt(self, backend: BackendSettings, number: int, kind: str, api: str = "completions") -> Attempt:
         """An upstream attempt starts: ``kind`` is ``first``, ``failover`` (another backend at
-        once after a failure) or ``retry`` (after a wait for recovery, or a refused token)."""
+        once after a failure) or ``retry`` (after a wait for recovery, a refused token, or a lesson
+        learned from the deployment's answer); ``api`` is ``chat`` or ``completions``."""
         return NULL_ATTEMPT
 
     def retry_wait(self, seconds: float) -> None:

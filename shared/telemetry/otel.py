@@ -49,10 +49,10 @@ from .hooks import (
 log = logging.getLogger(__name__)
 
 INSTRUMENTATION_NAME = "azure-openai-completions"
-OPERATION = "text_completion"
 PROVIDER = "azure.ai.openai"  # gen_ai.provider.name's well-known value for Azure OpenAI
-URL_TEMPLATE = "/openai/deployments/{deployment-id}/completions"
-ATTEMPT_SPAN_NAME = f"POST {URL_TEMPLATE}"
+URL_TEMPLATES = {"completions": "/openai/deployments/{deployment-id}/completions",
+                 "chat": "/openai/deployments/{deployment-id}/chat/completions"}
+PATHS = {"completions": "completions", "chat": "chat/completions"}
 # The gen-AI conventions' advised bucket boundaries.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -124,11 +124,11 @@ class OTelTelemetry(Telemetry):
     def slot_wait(self, seconds: float, timed_out: bool = False) -> None:
         self._deferred.put(self.slot_wait_duration.record, seconds, _OVERLOADED if timed_out else None)
 
-    def attempt(self, backend: Any, number: int, kind: str) -> Attempt:
+    def attempt(self, backend: Any, number: int, kind: str, api: str = "completions") -> Attempt:
         invocation = _CURRENT.get()
         if invocation is None:
             return NULL_ATTEMPT
-        return _Attempt(self, invocation, backend, number, kind)
+        return _Attempt(self, invocation, backend, number, kind, api)
 
     def retry_wait(self, seconds: float) -> None:
         invocation = _CURRENT.get()
@@ -164,18 +164,18 @@ class OTelTelemetry(Telemetry):
         with self._in_flight_lock:
             self._in_flight[source] = self._in_flight.get(source, 0) + change
 
-    def backend_attributes(self, backend: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(span, metric) attributes of ``backend``, made once per backend."""
-        cached = self._backends.get(backend)
+    def backend_attributes(self, backend: Any, api: str = "completions") -> tuple[dict[str, Any], dict[str, Any]]:
+        """(span, metric) attributes of ``backend`` called with ``api``, made once per backend and API."""
+        cached = self._backends.get((backend, api))
         if cached is None:
             parts = urlsplit(backend.endpoint)
             port = parts.port or (443 if parts.scheme == "https" else 80)
             metric = {"gen_ai.request.model": backend.deployment, "server.address": parts.hostname or "",
                       "server.port": port, "completions.backend": backend.name}
-            span = {**metric, "http.request.method": "POST", "url.template": URL_TEMPLATE,
-                    "url.full": f"{backend.endpoint}/openai/deployments/{backend.deployment}/completions"
+            span = {**metric, "http.request.method": "POST", "url.template": URL_TEMPLATES[api],
+                    "url.full": f"{backend.endpoint}/openai/deployments/{backend.deployment}/{PATHS[api]}"
                                 f"?api-version={backend.api_version}"}
-            cached = self._backends[backend] = (span, metric)
+            cached = self._backends[(backend, api)] = (span, metric)
         return cached
 
 
@@ -250,11 +250,15 @@ class _Invocation(Invocation):
         span_context = self._span.get_span_context()
         return format(span_context.trace_id, "032x") if span_context.is_valid else ""
 
+    def identify(self, caller: str) -> None:
+        self._span.set_attribute("completions.caller", caller)
+
     def finish(self, end: InvocationEnd) -> None:
         self._finished = True
         telemetry = self._telemetry
         backend = end.backend if end.backend is not None else self.last_backend
-        common: dict[str, Any] = {"gen_ai.operation.name": self._start.operation, "gen_ai.provider.name": PROVIDER}
+        operation = end.operation or self._start.operation
+        common: dict[str, Any] = {"gen_ai.operation.name": operation, "gen_ai.provider.name": PROVIDER}
         if backend is not None:
             common.update(telemetry.backend_attributes(backend)[1])
         elif self._start.model:
@@ -279,8 +283,9 @@ class _Invocation(Invocation):
         """The invocation span's attributes (only for a sampled invocation)."""
         span = self._span
         deployment = backend.deployment if backend is not None else self._start.model
-        if deployment and deployment != self._start.model:  # another backend's deployment answered
-            span.update_name(f"{self._start.operation} {deployment}")
+        operation = common["gen_ai.operation.name"]
+        if deployment and (deployment, operation) != (self._start.model, self._start.operation):
+            span.update_name(f"{operation} {deployment}")  # another deployment answered, or another API
         attributes: dict[str, Any] = {**common, "completions.status_code": end.status}
         if end.attempts:
             attributes["completions.attempts"] = end.attempts
@@ -319,10 +324,10 @@ class _Attempt(Attempt):
     __slots__ = ("_telemetry", "_invocation", "_span", "_metric_attributes", "_started")
 
     def __init__(self, telemetry: OTelTelemetry, invocation: _Invocation, backend: Any, number: int,
-                 kind: str) -> None:
+                 kind: str, api: str) -> None:
         self._telemetry = telemetry
         self._invocation = invocation
-        span_attributes, self._metric_attributes = telemetry.backend_attributes(backend)
+        span_attributes, self._metric_attributes = telemetry.backend_attributes(backend, api)
         if kind != "first":
             previous = invocation.last_backend
             reason = invocation.last_error if invocation.last_error is not None else "_OTHER"
@@ -341,7 +346,7 @@ class _Attempt(Attempt):
         invocation.attempt = self
         if invocation._span.is_recording():
             self._span = telemetry._tracer.start_span(
-                ATTEMPT_SPAN_NAME, kind=SpanKind.CLIENT,
+                f"POST {URL_TEMPLATES[api]}", kind=SpanKind.CLIENT,
                 attributes={**span_attributes, "completions.attempt": number, "completions.attempt.kind": kind})
         else:  # an unsampled invocation's children are unsampled too (parent-based): skip building them
             self._span = trace.INVALID_SPAN

@@ -11,7 +11,7 @@ past its deadline.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import openai
 
@@ -19,7 +19,8 @@ from ..clock import Deadline
 from ..config.backends import BackendSettings
 from ..config.settings import RetrySettings
 from ..errors import AppError
-from .failures import check_completion, upstream_failure
+from .failures import check_chat, check_completion, upstream_failure
+from .plan import Plan
 from .transport import Exchange, UpstreamHttp
 
 if TYPE_CHECKING:
@@ -41,9 +42,26 @@ class PlainCompletion(openai.Completion):
     plain_old_data = True
 
 
+class PlainChatCompletion(openai.ChatCompletion):
+    """openai's ChatCompletion (``/chat/completions``), answering with plain JSON likewise."""
+
+    plain_old_data = True
+
+
+_API = {"completions": PlainCompletion, "chat": PlainChatCompletion}
+_CHECK = {"completions": check_completion, "chat": check_chat}
+
+
 def no_time() -> AppError:
     return AppError(504, "upstream_timeout", "No time was left to call Azure OpenAI within the deadline.",
                     retryable=True, deadline_exhausted=True)
+
+
+class _Budget(NamedTuple):
+    api_key: str
+    connect: float
+    total: float
+    cut_by_deadline: bool  # this attempt gets less than its full time
 
 
 class Target:
@@ -60,22 +78,36 @@ class Target:
             "deployment_id": backend.deployment,
         }
 
-    async def call(self, params: dict[str, Any], deadline: Deadline, request_id: str, *, http: UpstreamHttp,
-                   retry: RetrySettings, min_attempt: float) -> tuple[dict[str, Any], Exchange]:
-        """The answer and what the transport saw; AppError (translated at ``failures``) on failure."""
+    async def call(self, plan: Plan, deadline: Deadline, request_id: str, *, http: UpstreamHttp,
+                   retry: RetrySettings, min_attempt: float) -> tuple[list[dict[str, Any]], Exchange]:
+        """The answers (one per call of the plan, concurrently) and what the transport saw of the
+        last; AppError (translated at ``failures``) when any call fails: the others are cancelled."""
         api_key = (self.backend.api_key or "") if self.tokens is None else await self.tokens.get(deadline)
         remaining = deadline.remaining()  # after the token: its wait counts too
         if remaining < min_attempt:
             raise no_time()
         total = min(retry.read_timeout, remaining)
-        connect = min(retry.connect_timeout, total)
-        cut_by_deadline = remaining < retry.read_timeout  # this attempt gets less than its full time
+        budget = _Budget(api_key, min(retry.connect_timeout, total), total, remaining < retry.read_timeout)
+        if len(plan.calls) == 1:
+            response, exchange = await self._one(plan.api, plan.calls[0], budget, request_id, http)
+            return [response], exchange
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._one(plan.api, params, budget, request_id, http))
+                         for params in plan.calls]
+        except* AppError as failed:
+            raise failed.exceptions[0] from None
+        done = [task.result() for task in tasks]
+        return [response for response, _ in done], done[-1][1]
+
+    async def _one(self, api: str, params: dict[str, Any], budget: _Budget, request_id: str,
+                   http: UpstreamHttp) -> tuple[dict[str, Any], Exchange]:
         with http.exchange() as exchange:
             try:
-                async with asyncio.timeout(total):
-                    response = await PlainCompletion.acreate(
-                        **self.per_call, api_key=api_key, **params, request_id=request_id,
-                        request_timeout=(connect, total),
+                async with asyncio.timeout(budget.total):
+                    response = await _API[api].acreate(
+                        **self.per_call, api_key=budget.api_key, **params, request_id=request_id,
+                        request_timeout=(budget.connect, budget.total),
                         # openai retries HTTP 409 in a loop until `timeout` seconds of the wall
                         # clock have passed; -1 has passed already, even if the clock steps back,
                         # so it raises TryAgain at once and our policy decides.
@@ -84,9 +116,9 @@ class Target:
             except Exception as exc:  # noqa: BLE001 - every failure is translated, at one boundary
                 error = upstream_failure(exc, exchange)
                 if error.upstream_status == 401 and self.tokens is not None:
-                    self.tokens.invalidate(api_key)
-                if cut_by_deadline and error.code == "upstream_timeout" and error.upstream_status is None:
+                    self.tokens.invalidate(budget.api_key)
+                if budget.cut_by_deadline and error.code == "upstream_timeout" and error.upstream_status is None:
                     error = error.replace(deadline_exhausted=True)  # no answer in the time the caller had left
                 raise error from None
-        check_completion(response, scan=exchange.size < SCAN_ANSWERS_BELOW_BYTES or exchange.json_constants)
+        _CHECK[api](response, scan=exchange.size < SCAN_ANSWERS_BELOW_BYTES or exchange.json_constants)
         return response, exchange

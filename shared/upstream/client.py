@@ -6,6 +6,10 @@ connections, broken bodies and token-endpoint failures; never on other 4xx. A
 failure that is not the caller's cools its backend and the request goes at once to
 the next ready one (each at most once per round); when none is left, it waits for
 the earliest recovery if that fits the deadline and the retry budget.
+
+What a deployment's answer teaches (its API, the parameters it refuses:
+``knowledge``) is learned once and the same request goes again at once, to the
+same backend, without the caller seeing that answer.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..clock import SYSTEM_CLOCK, Clock, Deadline
 from ..config.backends import BackendSettings
-from ..config.settings import RetrySettings
+from ..config.settings import ChatSettings, RetrySettings
 from ..errors import AppError
 from ..telemetry.hooks import NOOP, Telemetry
 from .attempt import Target, no_time
+from .knowledge import ADAPTABLE, REFUSAL_CODES, Knowledge
+from .plan import Plan, Request, plan_for
 from .pool import DEFAULT_COOLDOWN, BackendPool, FailureKind, Recovery
 from .retry import RetryPolicy
+from .routing import Route
 from .slots import Slots
 from .transport import UpstreamHttp
 
@@ -31,10 +38,13 @@ if TYPE_CHECKING:
     from .tokens import TokenCache
 
 log = logging.getLogger(__name__)
+MAX_LESSONS = len(ADAPTABLE) + 2  # what one request may learn before it stops trying again at once
+DEFAULT_CHAT = ChatSettings()
 
 
 class UpstreamResult(NamedTuple):
-    response: dict[str, Any]
+    responses: list[dict[str, Any]]  # one per call of the plan (several: prompts fanned out to a chat deployment)
+    plan: Plan  # what was sent: the API, what was adjusted
     attempts: int
     upstream_ms: float  # time spent in upstream attempts, waits excluded
     headers: Mapping[str, str]  # of the answer that succeeded
@@ -45,14 +55,20 @@ class UpstreamResult(NamedTuple):
 class _Call:
     """One request's way through the pool: what it tried, and what it learned."""
 
-    def __init__(self, params: dict[str, Any], deadline: Deadline, request_id: str) -> None:
-        self.params, self.deadline, self.request_id = params, deadline, request_id
-        self.tried: set[str] = set()  # backends tried in this round
+    def __init__(self, request: Request, route: Route, deadline: Deadline, request_id: str,
+                 chat: ChatSettings) -> None:
+        self.request, self.route, self.deadline, self.request_id, self.chat = request, route, deadline, request_id, chat
+        self.tried: set[str] = set(route.excluded)  # backends tried in this round, and those that cannot serve it
         self.reauthenticated: set[str] = set()
+        self.switched: set[str] = set()  # backends whose API this request switched
+        self.lessons = 0
         self.attempts = self.rounds = self.failovers = 0
         self.upstream_seconds = 0.0
         self.last: AppError | None = None
-        self.tokens_needed = _tokens_needed(params)
+
+    def new_round(self) -> None:
+        self.rounds += 1
+        self.tried = set(self.route.excluded)
 
     def given_up(self, error: AppError) -> AppError:
         """``error`` as the final answer, with what this call cost."""
@@ -78,12 +94,15 @@ class CompletionClient:
             if (backend.identity is None) == (backend.identity in tokens):
                 raise ValueError(f"backend {backend.name}: a token cache is needed exactly when auth is not key")
             self._targets[backend.name] = Target(backend, tokens[backend.identity] if backend.identity else None)
+        self.backends = tuple(backends)
         self._retry = retry
         self._clock = clock
         self._rng = rng
         self._policy = policy or RetryPolicy(max_retries=retry.max_retries)
         self.tokens = dict(tokens)
         self.pool = pool or BackendPool(backends, clock=clock.monotonic, wall_clock=clock.time, rng=rng)
+        self.knowledge: Knowledge = previous.knowledge if previous is not None and previous.backends == self.backends \
+            else Knowledge()
         self._http = http or UpstreamHttp([b.endpoint for b in backends], max_connections=retry.max_connections,
                                           max_response_bytes=retry.max_response_bytes)
         self._slots: Slots = previous._slots if previous is not None and previous._slots.size == retry.max_concurrency \
@@ -94,18 +113,22 @@ class CompletionClient:
     def http(self) -> UpstreamHttp:
         return self._http
 
-    async def complete(self, params: dict[str, Any], deadline: Deadline, request_id: str) -> UpstreamResult:
-        """The upstream's JSON response; AppError when it fails for good or time runs out."""
+    async def complete(self, request: Request, deadline: Deadline, request_id: str, *, model: str | None = None,
+                       chat: ChatSettings = DEFAULT_CHAT) -> UpstreamResult:
+        """The upstream's answers; AppError when it fails for good or time runs out. ``model``: the
+        name callers use for the backends that may serve it (the first backend's when None)."""
+        route = Route.for_request(request, self.backends, self.knowledge, model)
         if deadline.remaining() < self._policy.min_attempt:  # spent before it got here (e.g. waiting for settings)
             raise no_time()
-        async with self._slots.held(deadline, self._telemetry, self._policy.min_attempt):
-            return await self._complete_with_failover(_Call(params, deadline, request_id))
+        async with self._slots.held(deadline, self._telemetry, self._policy.min_attempt, count=route.calls):
+            return await self._complete_with_failover(_Call(request, route, deadline, request_id, chat))
 
     async def _complete_with_failover(self, call: _Call) -> UpstreamResult:
         """Try the pool's choice; on a failure that is not the caller's, go at once to the next
         ready backend; when none is left to try, wait for a new round or give up."""
         while True:
-            backend = self.pool.choose(max_tokens=call.tokens_needed, tried=call.tried)
+            call.route.check_servable(call.tried)
+            backend = self.pool.choose(max_tokens=call.route.tokens_needed, tried=call.tried)
             if backend is None:
                 await self._next_round(call)
                 continue
@@ -118,12 +141,11 @@ class CompletionClient:
     async def _next_round(self, call: _Call) -> None:
         """Wait for the earliest recovery and start a new round; raises the final answer when
         nothing is worth waiting for, or the policy says the budget or the deadline does not allow it."""
-        recovery = self.pool.next_recovery()
+        recovery = self.pool.next_recovery(among=call.route.names)
         wait = self._wait_for_recovery(recovery, call)
         if wait is None:
-            raise _given_up(call, call.last or self._pool_answer(recovery), recovery)
-        call.rounds += 1
-        call.tried.clear()
+            raise _given_up(call, call.last or self._pool_answer(recovery, call.route.names), recovery)
+        call.new_round()
         self._telemetry.retry_wait(wait)
         if wait > 0:
             log.info("request_id=%s: no Azure OpenAI backend ready (last: %s); retrying in %.2f s",
@@ -132,27 +154,65 @@ class CompletionClient:
 
     async def _try(self, call: _Call, backend: BackendSettings) -> UpstreamResult | None:
         """One attempt to ``backend``: the result, or None when the request should go on."""
+        try:
+            plan = plan_for(call.request, self.knowledge.api(backend), self.knowledge.refused(backend)
+                            if call.chat.adapt_parameters else frozenset(), call.chat.instructions)
+        except AppError as error:  # the caller's: what the request asks has no equivalent on this API
+            raise call.given_up(error) from None
         attempt = self._telemetry.attempt(backend, call.attempts + 1,
-                                          "failover" if call.tried else "retry" if call.attempts else "first")
-        if call.tried:
+                                          "failover" if call.tried - call.route.excluded else
+                                          "retry" if call.attempts else "first", plan.api)
+        if call.tried - call.route.excluded:
             call.failovers += 1
         call.tried.add(backend.name)
         call.attempts += 1
         started = time.perf_counter()
         try:
-            response, exchange = await self._targets[backend.name].call(
-                call.params, call.deadline, call.request_id, http=self._http, retry=self._retry,
+            responses, exchange = await self._targets[backend.name].call(
+                plan, call.deadline, call.request_id, http=self._http, retry=self._retry,
                 min_attempt=self._policy.min_attempt)
         except AppError as error:
             attempt.end(error.upstream_status, error.code)
             call.upstream_seconds += time.perf_counter() - started
-            self._failed(call, backend, error)
+            if not self._learned(call, backend, plan, error):
+                self._failed(call, backend, self._named(backend, error))
             return None
         attempt.end(exchange.status)
         call.upstream_seconds += time.perf_counter() - started
         self.pool.record_success(backend, exchange.headers)
-        return UpstreamResult(response, call.attempts, call.upstream_seconds * 1000, exchange.headers, backend,
+        return UpstreamResult(responses, plan, call.attempts, call.upstream_seconds * 1000, exchange.headers, backend,
                               call.failovers)
+
+    def _learned(self, call: _Call, backend: BackendSettings, plan: Plan, error: AppError) -> bool:
+        """Whether ``error`` taught something about ``backend`` (its API, a parameter it refuses):
+        then the request goes to it again at once, as the lesson says."""
+        if call.lessons >= MAX_LESSONS or error.upstream_status != 400:
+            return False
+        if error.upstream_code == "OperationNotSupported":
+            if backend.api != "auto" or backend.name in call.switched:
+                return False
+            call.switched.add(backend.name)
+            self.knowledge.switch_api(backend, plan.api)
+            if call.request.operation == "chat" and self.knowledge.api(backend) == "completions":
+                call.route = call.route.without(backend.name)  # it cannot serve chat: others may
+                call.tried.add(backend.name)
+        elif (error.upstream_code in REFUSAL_CODES and error.param in ADAPTABLE and plan.api == "chat"
+              and call.chat.adapt_parameters and error.param in plan.calls[0]):
+            self.knowledge.refuse(backend, error.param)
+        else:
+            return False
+        call.lessons += 1
+        if backend.name not in call.route.excluded:
+            call.tried.discard(backend.name)
+        return True
+
+    def _named(self, backend: BackendSettings, error: AppError) -> AppError:
+        """An API mismatch, named by the setting that chose the API."""
+        if error.upstream_code != "OperationNotSupported":
+            return error
+        api = self.knowledge.api(backend)
+        return error.replace(message=f"The deployment of backend '{backend.name}' does not serve {api} completions: "
+                                     f"check {backend.api_setting} (its api: chat, completions or auto).")
 
     def _failed(self, call: _Call, backend: BackendSettings, error: AppError) -> None:
         """Raise the final answer, or record the failure against ``backend`` so the request goes on."""
@@ -186,13 +246,13 @@ class CompletionClient:
                  backend.name, error.code, error.upstream_status or "-")
         call.last = error
 
-    def _pool_answer(self, recovery: Recovery | None) -> AppError | None:
+    def _pool_answer(self, recovery: Recovery | None, among: frozenset[str]) -> AppError | None:
         """For a request that found no backend ready: the failure that cooled them, when they
         all failed the same way (always, for a pool of one: its callers hear what upstream
         said, as they always have); else None, and the pool's state decides."""
         if recovery is None:
             return None
-        cooling = self.pool.cooling_causes()
+        cooling = self.pool.cooling_causes(among=among)
         failure = cooling[0] if cooling else None
         if failure is None or any(other is None or other.code != failure.code for other in cooling):
             return None
@@ -204,16 +264,9 @@ class CompletionClient:
         if recovery is not None and recovery.misconfigured:
             return None
         wait = 0.0 if recovery is None else recovery.seconds
-        if len(self.pool) == 1 and call.last is not None and call.last.retry_after is None:
+        if len(call.route.names) == 1 and call.last is not None and call.last.retry_after is None:
             wait = max(wait, self._policy.backoff(call.rounds + 1, self._rng))  # its own, jittered (see the cooldown)
         return self._policy.next_round(call.rounds, wait, call.deadline.remaining(), attempted=call.last is not None)
-
-
-def _tokens_needed(params: dict[str, Any]) -> int:
-    """What the request may generate: ``max_tokens`` (16 by default) for each choice of each
-    prompt, the part of Azure's token estimate the request controls."""
-    prompts = params["prompt"] if isinstance(params.get("prompt"), list) else [params.get("prompt")]
-    return (params.get("max_tokens") or 16) * (params.get("best_of") or params.get("n") or 1) * len(prompts)
 
 
 def _pool_failure(error: AppError) -> FailureKind | None:

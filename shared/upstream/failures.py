@@ -72,7 +72,8 @@ def error_for_status(status: int | None, headers: Mapping[str, str] | None, erro
 
 
 def _rejected(error: Mapping[str, Any]) -> AppError:
-    if error.get("code") == "content_filter":
+    code = error.get("code") if isinstance(error.get("code"), str) else None
+    if code == "content_filter":
         inner = error.get("innererror") or error.get("inner_error")
         inner = inner if isinstance(inner, dict) else {}
         results = inner.get("content_filter_result") or inner.get("content_filter_results")
@@ -81,14 +82,15 @@ def _rejected(error: Mapping[str, Any]) -> AppError:
         return AppError(400, "content_filter", "The prompt was blocked by Azure OpenAI's content filter.",
                         param=param if isinstance(param, str) else "prompt",
                         details={"content_filter_result": results})
-    if error.get("code") == "OperationNotSupported":
-        return AppError(502, "upstream_misconfigured",
-                        "The configured deployment does not support completions: check AZURE_OPENAI_DEPLOYMENT.")
+    if code == "OperationNotSupported":  # the client names the API setting to check
+        return AppError(502, "upstream_misconfigured", "The deployment does not serve this API.",
+                        upstream_code=code)
     message = error.get("message")
     text = f"Azure OpenAI rejected the request: {message[:500]}" if isinstance(message, str) and message \
         else "Azure OpenAI rejected the request."
     param = error.get("param")
-    return AppError(400, "upstream_rejected", text, param=param if isinstance(param, str) else None)
+    return AppError(400, "upstream_rejected", text, param=param if isinstance(param, str) else None,
+                    upstream_code=code)
 
 
 def json_safe(value: Any) -> bool:
@@ -118,3 +120,28 @@ def check_completion(response: Any, scan: bool = True) -> None:
         raise bad_response("Azure OpenAI sent a response the app cannot read.")
     if scan and not json_safe(response):
         raise bad_response("Azure OpenAI sent a response with values JSON cannot carry.")
+
+
+def check_chat(response: Any, scan: bool = True) -> None:
+    """A chat 200 body the app can pass on: choices of objects whose message content is text
+    or null, integer usage counts (with their details), nothing JSON cannot carry."""
+    choices = response.get("choices") if isinstance(response, dict) else None
+    usage = response.get("usage") if isinstance(response, dict) else None
+    if not (isinstance(choices, list) and all(_readable_choice(choice) for choice in choices)
+            and isinstance(usage, dict) and all(_count(value) for value in usage.values())):
+        raise bad_response("Azure OpenAI sent a response the app cannot read.")
+    if scan and not json_safe(response):
+        raise bad_response("Azure OpenAI sent a response with values JSON cannot carry.")
+
+
+def _readable_choice(choice: Any) -> bool:
+    message = choice.get("message") if isinstance(choice, dict) else None
+    return isinstance(message, dict) and isinstance(message.get("content"), (str, type(None))) \
+        and isinstance(message.get("tool_calls"), (list, type(None)))
+
+
+def _count(value: Any) -> bool:
+    """A usage count (an integer), or its details (an object of counts or nulls)."""
+    if isinstance(value, dict):
+        return all(type(v) is int or v is None for v in value.values())
+    return type(value) is int

@@ -232,27 +232,32 @@ class BackendPool:
         return remaining
 
     # -- what callers and operators see ----------------------------------------------------
-    def next_recovery(self) -> Recovery | None:
+    def next_recovery(self, among: Collection[str] | None = None) -> Recovery | None:
         """None when some backend is ready now (a caller that tried them all may start a new
         round at once); else how long until one that is not misconfigured is (a misconfigured
         backend is not worth waiting for), and whether they are all throttled (answer 429
-        ``rate_limited`` rather than 503 ``upstream_unavailable``)."""
+        ``rate_limited`` rather than 503 ``upstream_unavailable``). ``among``: only these backends
+        (names) count, those that can serve the caller's request."""
         now = self._clock()
         with self._lock:
-            if any(s.ready_at <= now for s in self._states):
+            states = self._among(among)
+            if not states or any(s.ready_at <= now for s in states):
                 return None
-            usable = [s for s in self._states if s.kind != "misconfigured"]
+            usable = [s for s in states if s.kind != "misconfigured"]
             if not usable:
-                return Recovery(min(s.ready_at for s in self._states) - now, False, True)
+                return Recovery(min(s.ready_at for s in states) - now, False, True)
             seconds = min(s.ready_at for s in usable) - now
             all_throttled = all(s.kind == "throttled" for s in usable)
         return Recovery(seconds, all_throttled)
 
-    def cooling_causes(self) -> list[Any]:
+    def cooling_causes(self, among: Collection[str] | None = None) -> list[Any]:
         """The ``cause`` recorded with each backend's cooldown in progress (None where none was)."""
         now = self._clock()
         with self._lock:
-            return [s.cause for s in self._states if s.ready_at > now]
+            return [s.cause for s in self._among(among) if s.ready_at > now]
+
+    def _among(self, names: Collection[str] | None) -> list[_Backend]:
+        return self._states if names is None else [s for s in self._states if s.settings.name in names]
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Each backend by name, for the health endpoint: never an endpoint URL or a key."""

@@ -24,36 +24,62 @@ def overloaded() -> AppError:
 
 
 class Slots:
+    """A request holds one slot per upstream call it makes at once (a completions request's
+    prompts on a chat deployment are several). Requests that need several take them one by
+    one, one such request at a time: a request holding some slots and waiting for more can
+    only be waiting on requests that will finish, so none waits forever."""
+
     def __init__(self, size: int) -> None:
         self.size = size
-        self._semaphores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._per_loop: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def _get(self) -> asyncio.Semaphore:
+    def _get(self) -> tuple[asyncio.Semaphore, asyncio.Lock]:
         loop = asyncio.get_running_loop()
-        semaphore = self._semaphores.get(loop)
-        if semaphore is None:
-            semaphore = self._semaphores[loop] = asyncio.Semaphore(self.size)
-        return semaphore
+        found = self._per_loop.get(loop)
+        if found is None:
+            found = self._per_loop[loop] = (asyncio.Semaphore(self.size), asyncio.Lock())
+        return found
 
     @contextlib.asynccontextmanager
-    async def held(self, deadline: Deadline, telemetry: Telemetry, min_left: float) -> AsyncIterator[None]:
-        """Hold one slot for the block; 503 ``overloaded`` when none frees up within the deadline,
-        or when the one that did leaves less than ``min_left`` seconds to use it."""
-        slots = self._get()
-        if slots.locked():  # every slot taken: wait for one within the deadline
-            waiting = time.perf_counter()
-            try:
-                async with asyncio.timeout(deadline.remaining()):
-                    await slots.acquire()
-            except TimeoutError:
-                telemetry.slot_wait(time.perf_counter() - waiting, timed_out=True)
-                raise overloaded() from None
-            telemetry.slot_wait(time.perf_counter() - waiting)
-        else:
-            await slots.acquire()  # returns at once
+    async def held(self, deadline: Deadline, telemetry: Telemetry, min_left: float,
+                   count: int = 1) -> AsyncIterator[None]:
+        """Hold ``count`` slots (at most all of them) for the block; 503 ``overloaded`` when they do
+        not free up within the deadline, or leave less than ``min_left`` seconds to use them."""
+        slots, several = self._get()
+        count = max(1, min(count, self.size))
+        held = 0
         try:
-            if deadline.remaining() < min_left:  # a slot, but too late to use it
+            if count == 1:
+                await self._acquire(slots, deadline, telemetry)
+                held = 1
+            else:
+                async with asyncio.timeout(deadline.remaining()):
+                    await several.acquire()
+                try:
+                    for _ in range(count):
+                        await self._acquire(slots, deadline, telemetry)
+                        held += 1
+                finally:
+                    several.release()
+            if deadline.remaining() < min_left:  # slots, but too late to use them
                 raise overloaded()
             yield
+        except TimeoutError:
+            raise overloaded() from None
         finally:
-            slots.release()
+            for _ in range(held):
+                slots.release()
+
+    @staticmethod
+    async def _acquire(slots: asyncio.Semaphore, deadline: Deadline, telemetry: Telemetry) -> None:
+        if not slots.locked():
+            await slots.acquire()  # returns at once
+            return
+        waiting = time.perf_counter()  # every slot taken: wait for one within the deadline
+        try:
+            async with asyncio.timeout(deadline.remaining()):
+                await slots.acquire()
+        except TimeoutError:
+            telemetry.slot_wait(time.perf_counter() - waiting, timed_out=True)
+            raise overloaded() from None
+        telemetry.slot_wait(time.perf_counter() - waiting)

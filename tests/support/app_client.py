@@ -1,6 +1,7 @@
 """Invoke the app's functions as the Functions worker does: the decorated function's user
-function (a coroutine function), run on one long-lived event loop, called with a
-``func.HttpRequest``; no host involved."""
+function (a coroutine function), run on one long-lived event loop, called with the FastAPI
+``Request`` the worker builds for an HTTP function (the streaming extension's types); no host
+involved (tests/e2e goes through the dev host)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import azure.functions as func
+from starlette.requests import Request
+from starlette.responses import Response
 
 import function_app
 from shared.clock import Clock
 from shared.config import registry
+from support.worker_requests import completions_request, http_request
 
 T = TypeVar("T")
 
@@ -90,21 +93,14 @@ def wait_for(condition, timeout: float = 10.0) -> bool:
     return True
 
 
-def _reply(response: func.HttpResponse) -> Reply:
-    raw = response.get_body()
-    assert response.mimetype == "application/json"
+def _reply(response: Response) -> Reply:
+    raw = bytes(response.body)
+    assert response.media_type == "application/json"
     return Reply(response.status_code, json.loads(raw), dict(response.headers), raw)
 
 
-def completions_request(body: Any = None, *, raw: bytes | None = None,
-                        headers: dict[str, str] | None = None) -> func.HttpRequest:
-    data = raw if raw is not None else json.dumps(body).encode()
-    return func.HttpRequest(method="POST", url="http://localhost:7071/api/completions", body=data,
-                            headers={"content-type": "application/json", **(headers or {})})
-
-
-async def call_completions(request: func.HttpRequest) -> Reply:
-    return _reply(await function_app.completions.build().get_user_function()(request))
+async def call_completions(request: Request, function: str = "completions") -> Reply:
+    return _reply(await getattr(function_app, function).build().get_user_function()(request))
 
 
 def post_completions(body: Any = None, *, raw: bytes | None = None,
@@ -112,17 +108,24 @@ def post_completions(body: Any = None, *, raw: bytes | None = None,
     return LOOP.run(call_completions(completions_request(body, raw=raw, headers=headers)))
 
 
-def post_many(bodies: list[Any]) -> list[Reply]:
+def post(function: str, body: Any = None, *, raw: bytes | None = None, headers: dict[str, str] | None = None,
+         path_params: dict[str, str] | None = None) -> Reply:
+    """POST to any of the app's HTTP functions (by name: chat_completions, azure_completions, ...)."""
+    request = completions_request(body, raw=raw, headers=headers, path_params=path_params)
+    return LOOP.run(call_completions(request, function))
+
+
+def get(function: str, *, headers: dict[str, str] | None = None, path_params: dict[str, str] | None = None) -> Reply:
+    return LOOP.run(call_completions(http_request("GET", "/", b"", headers, path_params), function))
+
+
+def post_many(bodies: list[Any], function: str = "completions") -> list[Reply]:
     """Concurrent invocations on the one loop, as the worker runs a burst."""
     async def burst() -> list[Reply]:
-        return list(await asyncio.gather(*(call_completions(completions_request(body)) for body in bodies)))
+        return list(await asyncio.gather(*(call_completions(completions_request(body), function)
+                                           for body in bodies)))
     return LOOP.run(burst())
 
 
 def get_health() -> Reply:
-    request = func.HttpRequest(method="GET", url="http://localhost:7071/api/health", body=b"")
-    return LOOP.run(_health(request))
-
-
-async def _health(request: func.HttpRequest) -> Reply:
-    return _reply(await function_app.health.build().get_user_function()(request))
+    return get("health")

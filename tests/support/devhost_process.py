@@ -27,6 +27,7 @@ class DevHostProcess:
         """``file_limit``: the process's open-file limit, soft and hard (Linux distributions'
         usual soft limit is 1024)."""
         environ = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES + STORAGE_SETTINGS}
+        environ["PYTHON_ENABLE_INIT_INDEXING"] = "1"  # the app streams: as make run and the Bicep template set it
         environ.update(env or {})
         command = [sys.executable, "-m", "devserver", "--port", "0",
                    "--settings", str(settings or ROOT / "tests" / "no-such-local.settings.json"), *args]

@@ -16,9 +16,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import azure.functions as func  # noqa: E402
 
 import function_app  # noqa: E402
+from support.worker_requests import completions_request  # noqa: E402
 
 REQUEST = json.dumps({"prompt": "The food was delicious and the waiter", "stop": "."}).encode()
 
@@ -38,7 +38,7 @@ async def bursts(size: int, reports: Reports, plant_seconds: float) -> list[list
     async def call() -> int:
         if plant_seconds:
             time.sleep(plant_seconds)
-        request = func.HttpRequest(method="POST", url="http://localhost/api/completions", body=REQUEST)
+        request = completions_request(raw=REQUEST)
         return (await user_function(request)).status_code
 
     loop = asyncio.get_running_loop()

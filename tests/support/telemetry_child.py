@@ -84,7 +84,7 @@ def main() -> int:
     import function_app  # telemetry is configured here, from the environment
 
     imported = time.perf_counter() - started
-    import azure.functions as func
+    from support.worker_requests import completions_request
 
     user_function = function_app.completions.build().get_user_function()
     body = json.dumps({"prompt": "The food was delicious and the waiter", "stop": ".", "temperature": 0,
@@ -93,8 +93,7 @@ def main() -> int:
     loop = asyncio.new_event_loop()
     statuses, durations = [], []
     for _ in range(config.get("requests", 0)):
-        request = func.HttpRequest(method="POST", url="http://localhost:7071/api/completions", body=body,
-                                   headers={"content-type": "application/json"})
+        request = completions_request(raw=body)
         began = time.perf_counter()
         response = loop.run_until_complete(user_function(request, context))
         durations.append(time.perf_counter() - began)

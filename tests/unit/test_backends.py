@@ -58,7 +58,7 @@ def test_the_issue_example_parses_with_defaults_and_the_key_from_its_named_setti
     assert east == BackendSettings(name="east-ptu", endpoint="https://east.openai.azure.com",
                                    deployment="gpt-35-turbo-instruct", api_version="2024-10-21", priority=1,
                                    weight=1, auth="managed_identity", api_key=None, client_id="cid",
-                                   token_scope=SCOPE)
+                                   token_scope=SCOPE, from_pool=True)
     assert (west.endpoint, west.priority, west.weight, west.auth, west.api_key) == (
         "https://west.openai.azure.com", 2, 2, "key", WEST_KEY)
     assert WEST_KEY not in repr(west) and WEST_KEY not in str((east, west))

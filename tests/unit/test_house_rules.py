@@ -29,7 +29,7 @@ def test_the_settings_page_is_generated_from_the_registry():
     page = (ROOT / "docs" / "settings.md").read_text()
     start = page.index("\n", page.index("<!-- settings table: generated")) + 1
     assert page[start:page.index("<!-- end of the generated table -->")] == markdown_table(), \
-        "run: python -m shared.config.registry, and paste its output into docs/settings.md"
+        "run: python -m shared.config.registry --write docs/settings.md"
 
 
 def test_every_setting_the_readme_names_is_in_the_registry():

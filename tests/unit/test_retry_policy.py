@@ -1,4 +1,4 @@
-"""The retry policy on its own: no sockets, no clock, no client (``shared/retry.py``)."""
+"""The retry policy on its own: no sockets, no clock, no client (``shared/upstream/retry.py``)."""
 
 from __future__ import annotations
 
@@ -39,9 +39,14 @@ def test_a_request_that_found_nothing_ready_may_wait_once_whatever_the_budget():
     ({"prompt": ["a", "b"], "max_tokens": 10, "n": 2, "best_of": 5}, 100),  # best_of choices are generated
 ])
 def test_a_request_reserves_max_tokens_for_each_choice_of_each_prompt(params, tokens):
-    from shared.upstream.client import _tokens_needed
+    from shared.config.backends import BackendSettings
+    from shared.upstream.knowledge import Knowledge
+    from shared.upstream.plan import Request
+    from shared.upstream.routing import Route
 
-    assert _tokens_needed(params) == tokens
+    backend = BackendSettings(name="b", endpoint="https://b.openai.azure.com", deployment="d", api_version="v",
+                              token_scope="s", api="completions")
+    assert Route.for_request(Request("completions", params), [backend], Knowledge(), None).tokens_needed == tokens
 
 
 @pytest.mark.parametrize("wait, remaining, expected", [
