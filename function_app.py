@@ -20,7 +20,7 @@ import os
 import uuid
 
 import azure.functions as func
-from azurefunctions.extensions.http.fastapi import Request, Response
+from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
 
 from shared import events, web
 from shared.callers import routes_are_anonymous
@@ -53,6 +53,9 @@ async def _call(req: Request) -> web.HttpCall:
 
 
 def _response(answer: web.HttpAnswer) -> Response:
+    if answer.stream is not None:  # server-sent events, as they come (the streaming extension sends them)
+        return StreamingResponse(answer.stream, status_code=answer.status, headers=dict(answer.headers),
+                                 media_type=answer.media_type)
     return Response(answer.body, status_code=answer.status, headers=dict(answer.headers), media_type=answer.media_type)
 
 

@@ -19,7 +19,9 @@ from typing import Any
 # The longest Retry-After the app passes on: upstream (or a broken gateway) may ask
 # for hours, but a caller told to wait longer than this is better off asking again.
 MAX_RETRY_AFTER_SECONDS = 300
-_STORE_STATES = {"loading", "unreachable", "unauthorized", "invalid"}  # the settings store's states
+# The settings store's states (and what went wrong with a Key Vault reference in it).
+_STORE_STATES = {"loading", "unreachable", "unauthorized", "invalid", "Key Vault secret not found",
+                 "Key Vault access denied", "Key Vault unreachable"}
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 

@@ -82,10 +82,16 @@ class RecentResults:
 
 
 def _failed(correlation_id: str, error: AppError) -> str:
+    """The ``failed`` result; within a queue message's budget whatever the error carries: the
+    details go first (a content filter's results, say), then the message is shortened."""
     payload: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.param is not None:
         payload["param"] = error.param
-    payload.update(error.details)
+    result = json.dumps({"id": correlation_id, "status": "failed", "error": {**payload, **error.details}})
+    if len(result) <= MAX_RESULT_CHARS:
+        return result
+    payload["details_omitted"] = "too large for a queue message"
+    payload["message"] = error.message[:1000]
     return json.dumps({"id": correlation_id, "status": "failed", "error": payload})
 
 

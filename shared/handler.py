@@ -9,6 +9,7 @@ service's bodies as they are, OpenAI's error shape, the backend in a header).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -33,13 +34,16 @@ class Operation(NamedTuple):
     model: str | None = None  # named by the route (the compatible Azure route's deployment); else the body's
 
 
-def validate(operation: Operation, document: Any, settings: Settings) -> tuple[Request, str | None]:
-    """The upstream request, and the model the caller named (None: the first backend's)."""
+def validate(operation: Operation, document: Any, settings: Settings, *,
+             streaming: bool = False) -> tuple[Request, str | None]:
+    """The upstream request, and the model the caller named (None: the first backend's).
+    ``streaming``: a stream may be asked for (HTTP; a queue message may not)."""
     passthrough = operation.dialect == "openai"
     if operation.kind == "chat":
-        params = validate_chat_request(document, settings.limits, passthrough=passthrough)
+        params = validate_chat_request(document, settings.limits, passthrough=passthrough, streaming=streaming)
     else:
-        params = validate_completion_request(document, settings.limits, passthrough=passthrough)
+        params = validate_completion_request(document, settings.limits, passthrough=passthrough,
+                                             streaming=streaming)
     model = operation.model
     if model is None and isinstance(document, dict) and document.get("model") is not None:
         model = document["model"]
@@ -73,6 +77,15 @@ def shape(operation: Operation, result: UpstreamResult, params: dict[str, Any]) 
     return Outcome.answer(body, headers)
 
 
+def stream_headers(operation: Operation, result: UpstreamResult) -> dict[str, str]:
+    """A stream's response headers (its chunks are the service's, as they come)."""
+    headers = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no",
+               "x-completions-backend": result.backend.name}
+    if result.plan.adjusted:
+        headers["x-completions-adjusted"] = ",".join(result.plan.adjusted)
+    return headers
+
+
 def telemetry_end(outcome: Outcome, result: UpstreamResult | None, params: dict[str, Any],
                   settings: Settings | None) -> InvocationEnd:
     """The invocation's telemetry record (built only when telemetry is on)."""
@@ -86,8 +99,7 @@ def telemetry_end(outcome: Outcome, result: UpstreamResult | None, params: dict[
         outcome.status, error.code if error is not None else "ok", bool(params),
         operation=OPERATION_NAMES[result.plan.api] if result is not None else None,
         backend=result.backend if result is not None else None,
-        response_model=model if isinstance(model, str) else None,
-        response_id=response_id if isinstance(response_id, str) else None,
+        response_model=bounded(model), response_id=bounded(response_id),
         usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)) if isinstance(usage, dict)
         else None,
         finish_reasons=tuple(str(c.get("finish_reason")) for c in choices) if isinstance(choices, list) else (),
@@ -99,6 +111,17 @@ def telemetry_end(outcome: Outcome, result: UpstreamResult | None, params: dict[
         end = end._replace(input_messages=json.dumps(input_messages(params)),
                            output_messages=json.dumps(output_messages(choices)) if isinstance(choices, list) else None)
     return end
+
+
+_BOUNDED = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
+
+
+def bounded(value: Any) -> str | None:
+    """An upstream-controlled name for telemetry: itself when it has a model name's shape and
+    length, else ``other`` (a metric attribute per distinct value would grow without bound)."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) and _BOUNDED.fullmatch(value) else "other"
 
 
 def input_messages(params: Mapping[str, Any]) -> list[dict[str, Any]]:

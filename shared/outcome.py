@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -27,6 +27,7 @@ class Outcome(NamedTuple):
     headers: Mapping[str, str] = MappingProxyType({})  # read-only: the default is shared
     error: AppError | None = None
     encoded: str | None = None  # the body as JSON, for answers: encoded once, where a failure is an error
+    stream: AsyncIterator[bytes] | None = None  # an answer that streams: its server-sent events
 
     def json(self) -> str:
         return self.encoded if self.encoded is not None else json.dumps(self.body)
@@ -41,6 +42,10 @@ class Outcome(NamedTuple):
         if dialect == "openai":
             return cls(error.status, openai_error_body(error), openai_error_headers(error), error)
         return cls(error.status, error.body(request_id), error.headers(), error)
+
+    @classmethod
+    def streaming(cls, headers: Mapping[str, str], events: AsyncIterator[bytes]) -> Outcome:
+        return cls(200, {}, MappingProxyType(dict(headers)), stream=events)
 
     @classmethod
     def answer(cls, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Outcome:

@@ -13,13 +13,12 @@ import logging
 import math
 import os
 import threading
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .callers import HOST, Caller, CallerCheck
-from .clock import SYSTEM_CLOCK, Clock, Deadline
+from .clock import SYSTEM_CLOCK, Clock
 from .config.settings import (
     STORE_SETTINGS,
     Limits,
@@ -30,13 +29,14 @@ from .config.settings import (
     load_settings,
 )
 from .contract.body import parse_json_body
-from .errors import AppError, internal_error, not_configured
-from .handler import OPERATION_NAMES, Operation, shape, telemetry_end, validate
-from .logs import configure_loggers, log_invocation
+from .errors import not_configured
+from .handler import OPERATION_NAMES, Operation
+from .invocation import Invocation
+from .logs import configure_loggers
 from .outcome import Outcome
 from .telemetry.hooks import NOOP, InvocationStart, Telemetry
 from .upstream.build import client_for
-from .upstream.client import CompletionClient, UpstreamResult
+from .upstream.client import CompletionClient
 from .upstream.routing import model_not_found
 from .upstream.transport import UpstreamHttp
 
@@ -64,7 +64,7 @@ class CompletionService:
     def __init__(self, settings: Settings | None, client: CompletionClient | None,
                  problems: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK,
                  telemetry: Telemetry = NOOP) -> None:
-        self._clock = clock
+        self.clock = clock
         self.telemetry = telemetry  # metrics and traces (shared.telemetry.hooks): NOOP unless a switch is set
         self._pipeline = Pipeline(settings, client, dict(problems or {}), clock.time())
         self._source: AppConfigSource | None = None
@@ -116,21 +116,29 @@ class CompletionService:
         return service
 
     def _apply_store_values(self, values: Mapping[str, str]) -> None:
-        """The store's values over the app settings, validated exactly like app settings, then
-        swapped in (on the source's thread; raises SettingsError to keep the last good set)."""
-        self._install(load_settings({**self._app_settings, **values}))
+        """The store's values over the app settings, validated like app settings (an endpoint from
+        the store must be an allowed host), then swapped in (on the source's thread; raises
+        SettingsError, naming the store's keys for its values, to keep the last good set)."""
+        try:
+            settings = load_settings({**self._app_settings, **values}, from_store=frozenset(values))
+        except SettingsError as error:
+            assert self._source is not None
+            prefix = self._source.bootstrap.key_prefix
+            raise SettingsError({(prefix + name if name in values else name): reason
+                                 for name, reason in error.problems.items()}) from None
+        self._install(settings)
 
     def _install(self, settings: Settings) -> None:
         previous = self._pipeline
-        client = client_for(settings, self._clock, self.telemetry, previous.client, previous.settings)
+        client = client_for(settings, self.clock, self.telemetry, previous.client, previous.settings)
         old = previous.client
         if old is not None and client.http is not old.http:
-            drained_at = self._clock.monotonic() + (previous.settings.retry.deadline if previous.settings else 0)
+            drained_at = self.clock.monotonic() + (previous.settings.retry.deadline if previous.settings else 0)
             with self._retired_lock:
                 self._retired.append((drained_at, old.http))
                 self._retired_due = min(self._retired_due, drained_at)
         configure_loggers(settings)
-        self._pipeline = Pipeline(settings, client, {}, self._clock.time())  # one assignment: atomic
+        self._pipeline = Pipeline(settings, client, {}, self.clock.time())  # one assignment: atomic
 
     async def aclose(self) -> None:
         """Close this service's connections on the running loop (shutdown, tests)."""
@@ -159,35 +167,8 @@ class CompletionService:
         settings = self._pipeline.settings
         start = InvocationStart(source, OPERATION_NAMES[operation.kind],
                                 settings.backends[0].deployment if settings else None, request_id)
-        with self.telemetry.invocation(start) as call:  # its span, its metrics
-            started = time.perf_counter()
-            result: UpstreamResult | None = None
-            params: dict[str, Any] = {}
-            caller = HOST
-            try:
-                began = self._clock.monotonic()
-                pipeline = await self._current(began)
-                settings, client = pipeline.settings, pipeline.client
-                assert settings is not None and client is not None
-                if headers is not None:
-                    caller = self._check(settings).caller(headers)
-                    call.identify(caller.name)
-                # (a wait for the store's first load counts against the deadline)
-                deadline = Deadline(settings.retry.deadline - (self._clock.monotonic() - began), self._clock)
-                upstream, model = validate(operation, self._document(request, settings.limits), settings)
-                params = upstream.params
-                result = await client.complete(upstream, deadline, request_id, model=model, chat=settings.chat)
-                outcome = shape(operation, result, params)
-            except AppError as exc:
-                outcome = Outcome.failed(exc, request_id, operation.dialect)
-            except Exception:  # noqa: BLE001 - the caller gets a coded 500, the log gets the traceback
-                log.exception("completion request_id=%s failed unexpectedly", request_id)
-                outcome = Outcome.failed(internal_error(), request_id, operation.dialect)
-            if self.telemetry.enabled:
-                call.finish(telemetry_end(outcome, result, params, settings))
-            log_invocation(outcome, result, params, request_id, source, started, settings, call.trace_id,
-                           caller.name)
-            return outcome
+        with self.telemetry.invocation(start) as call:  # its span, its metrics (a stream's until it ends)
+            return await Invocation(self, operation, request, request_id, source, headers, call).run()
 
     def caller(self, headers: Mapping[str, str]) -> Caller:
         """Who sent a request with ``headers``; AppError 401 (nobody), or 503 (no settings to check with)."""
@@ -196,9 +177,9 @@ class CompletionService:
             if not self.anonymous_routes:
                 return HOST
             raise not_configured(self._problems())
-        return self._check(settings).caller(headers)
+        return self.caller_check(settings).caller(headers)
 
-    def _check(self, settings: Settings) -> CallerCheck:
+    def caller_check(self, settings: Settings) -> CallerCheck:
         return CallerCheck(settings.callers.keys, settings.callers.platform, self.anonymous_routes)
 
     def models(self, model: str | None = None) -> dict[str, Any]:
@@ -217,10 +198,10 @@ class CompletionService:
         return found
 
     @staticmethod
-    def _document(request: bytes | Any, limits: Limits) -> Any:
+    def document(request: bytes | Any, limits: Limits) -> Any:
         return parse_json_body(request, limits.max_body_bytes) if isinstance(request, (bytes, bytearray)) else request
 
-    async def _current(self, began: float) -> Pipeline:
+    async def current(self, began: float) -> Pipeline:
         """The pipeline for a new invocation. While the store's first load is in progress, wait
         for it within the invocation's deadline (AZURE_OPENAI_DEADLINE from the app settings:
         the rest are not known yet); once a load attempt has failed, 503 at once."""
@@ -228,12 +209,12 @@ class CompletionService:
         if source is not None:
             source.maybe_refresh()  # never blocks: at most every AZURE_APPCONFIG_REFRESH_SECONDS, a background check
             if self._pipeline.settings is None and source.state().status == "loading":
-                left = self._first_load_wait - (self._clock.monotonic() - began)
+                left = self._first_load_wait - (self.clock.monotonic() - began)
                 try:
                     await asyncio.wait_for(asyncio.wrap_future(source.first_attempt), max(0.0, left))
                 except TimeoutError:
                     pass
-        if self._retired_due <= self._clock.monotonic():
+        if self._retired_due <= self.clock.monotonic():
             await self._close_drained()
         pipeline = self._pipeline
         if pipeline.settings is None:
@@ -241,7 +222,7 @@ class CompletionService:
         return pipeline
 
     async def _close_drained(self) -> None:
-        now = self._clock.monotonic()
+        now = self.clock.monotonic()
         with self._retired_lock:
             drained = [http for when, http in self._retired if when <= now]
             self._retired = [(when, http) for when, http in self._retired if when > now]

@@ -40,6 +40,7 @@ class HttpAnswer(NamedTuple):
     body: str
     headers: Mapping[str, str]
     media_type: str = JSON
+    stream: AsyncIterator[bytes] | None = None  # server-sent events (then ``body`` is empty)
 
 
 OPERATIONS = {
@@ -64,7 +65,10 @@ async def read_body(chunks: AsyncIterator[bytes], limit: int) -> bytes:
 
 
 def _answer(outcome: Outcome, request_id: str) -> HttpAnswer:
-    return HttpAnswer(outcome.status, outcome.json(), {**outcome.headers, "x-request-id": request_id})
+    headers = {**outcome.headers, "x-request-id": request_id}
+    if outcome.stream is not None:
+        return HttpAnswer(outcome.status, "", headers, "text/event-stream", outcome.stream)
+    return HttpAnswer(outcome.status, outcome.json(), headers)
 
 
 async def complete(service: CompletionService, route: str, call: HttpCall) -> HttpAnswer:

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -36,7 +35,7 @@ from .functions import (
     queue_message,
 )
 from .keys import FunctionKeys
-from .server import json_error, read_body
+from .server import json_error, parse_json, read_body
 
 log = logging.getLogger("devserver.admin")
 
@@ -94,7 +93,7 @@ class AdminApi:
 
     async def _invoke(self, request: web.Request, function: Function) -> web.StreamResponse:
         try:
-            document = json.loads(await read_body(request, self._body_timeout))
+            document = parse_json(await read_body(request, self._body_timeout))
         except ValueError:
             return json_error(400, "invalid_json", 'The body must be JSON: {"input": "<text>"}.')
         if not isinstance(document, dict) or not isinstance(document.get("input", ""), str):
@@ -109,7 +108,7 @@ class AdminApi:
             trigger = queue_message(text.encode(), id=None, dequeue_count=0)
         elif function.trigger_type == TRIGGER_EVENT_GRID:
             try:
-                event = json.loads(text)
+                event = parse_json(text)
             except ValueError:
                 return json_error(400, "invalid_event", "An Event Grid function's input must be an event (JSON).")
             if not isinstance(event, dict):

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -28,7 +27,7 @@ from aiohttp import web
 from .bindings import QueueOutputs
 from .functions import TRIGGER_EVENT_GRID, Function, InvalidEvent, Invoker, event_grid_event
 from .keys import FunctionKeys
-from .server import json_error, read_body
+from .server import json_error, parse_json, read_body
 
 log = logging.getLogger("devserver.eventgrid")
 
@@ -46,7 +45,7 @@ def validation_code(document) -> str:
     elif isinstance(document, dict):
         data = document.get("data")
         if isinstance(data, str):
-            data = json.loads(data)
+            data = parse_json(data)
     else:
         raise ValueError("the body must be a JSON array of events or one CloudEvent")
     if not isinstance(data, dict) or not isinstance(data.get("validationCode"), str):
@@ -86,9 +85,9 @@ class EventGridWebhook:
             return json_error(400, "bad_event_type", "aeg-event-type must be SubscriptionValidation, Notification "
                                                      "or Unsubscribe")
         try:
-            document = json.loads(await read_body(request, self._body_timeout))
+            document = parse_json(await read_body(request, self._body_timeout))
         except ValueError:
-            return json_error(400, "invalid_json", "The body is not JSON.")
+            return json_error(400, "invalid_json", "The body is not JSON (or is nested too deeply).")
         if event_type == "subscriptionvalidation":
             try:
                 code = validation_code(document)

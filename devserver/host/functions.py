@@ -211,5 +211,5 @@ def event_grid_event(event: Any) -> func.EventGridEvent | func.CloudEvent:
     InvalidEvent when the converter refuses it."""
     try:
         return EventGridEventInConverter.decode(Datum(json.dumps(event), "json"), trigger_metadata={})
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidEvent(f"The event cannot be read ({type(exc).__name__}: check eventTime/time).") from None

@@ -37,15 +37,16 @@ from aiohttp import web
 from azure.core.exceptions import AzureError, ResourceExistsError
 
 from ..emulators import DEFAULT_DEPLOYMENT, Emulators
+from . import http_v2
 from . import storage as storage_module
 from .admin import AdminApi
 from .bindings import QueueOutputs
 from .eventgrid import WEBHOOK_PATH, EventGridWebhook
 from .functions import TRIGGER_EVENT_GRID, TRIGGER_QUEUE, Function, Invoker, index
 from .hostconfig import HostConfig, HostConfigError
-from . import http_v2
 from .http_triggers import HttpTriggers, compile_template  # noqa: F401 - compile_template: part of this API
 from .keys import FunctionKeys
+from .origins import Origins
 from .queues import QueueListener, poison_queue_name
 from .server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, BoundedServer, connection_limit, raise_file_limit
 from .storage import AzuriteProcess, StorageAccount
@@ -56,6 +57,17 @@ log = logging.getLogger("devserver")
 
 
 # -- settings ---------------------------------------------------------------------------
+def local_cors(path: Path) -> tuple[str, ...]:
+    """``Host.CORS`` from local.settings.json (Core Tools' setting): the origins allowed."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return ()
+    host = document.get("Host") if isinstance(document, dict) else None
+    cors = host.get("CORS") if isinstance(host, dict) else None
+    return tuple(o.strip() for o in cors.split(",") if o.strip()) if isinstance(cors, str) else ()
+
+
 def load_local_settings(path: Path, environ: dict | os._Environ = os.environ,
                         say: Callable[[str], None] = print) -> dict[str, str]:
     """Apply ``Values`` from local.settings.json to ``environ``; returns what was applied."""
@@ -144,18 +156,29 @@ class DevHost:
     keys: FunctionKeys
     host: str = "127.0.0.1"
     port: int = 7071
+    cors: tuple[str, ...] = ()  # origins whose browser requests are allowed (--cors, Host.CORS)
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     unserved: dict[str, str] = field(default_factory=dict)
     listeners: dict[str, QueueListener] = field(default_factory=dict)
 
     async def start(self) -> None:
+        """Serve; whatever started is stopped again when a later step fails (a port already taken,
+        an app the worker would not load), so nothing is left open behind the error."""
+        self.service = self.server = self.http = self.worker = self.admin = None
+        self._tasks = []
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         for function in self.functions:
             reason = function.unserved_reason()
             if reason:
                 self.unserved[function.name] = reason
         self.invoker = Invoker(self.config.function_timeout)
-        self.service = None
         if self.storage.account is not None:
             await self._connect_storage()
         for function in self.functions:
@@ -177,9 +200,11 @@ class DevHost:
                               self._invoke_url, body_timeout)
         app = web.Application()  # bodies are read by read_body, with its own cap
         app.router.add_route("*", "/{path:.*}", self._dispatch)
+        self.origins = Origins(self.host, self.cors)
+        app.on_response_prepare.append(self.origins.on_prepare)
         self.server = await BoundedServer(app, self.host, self.port, max_connections=self.max_connections,
                                           idle_timeout=self.idle_timeout, shutdown_timeout=SHUTDOWN_GRACE).start()
-        self._tasks = []
+        self.origins.port = self.server.port
         for function in served:
             if function.trigger_type == TRIGGER_QUEUE:
                 assert self.outputs is not None
@@ -229,6 +254,9 @@ class DevHost:
         return None
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        refusal = self.origins.refusal(request)
+        if refusal is not None:
+            return refusal
         path = "/" + request.path.lstrip("/")  # runs of leading slashes collapse, as in Azure
         lower = path.lower()
         if lower.rstrip("/") == WEBHOOK_PATH:
@@ -248,15 +276,18 @@ class DevHost:
             listener.stop()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(self.server.stop(), self.admin.drain(SHUTDOWN_GRACE),
+        await asyncio.gather(*([self.server.stop()] if self.server is not None else []),
+                             *([self.admin.drain(SHUTDOWN_GRACE)] if self.admin is not None else []),
                              *(listener.drain(SHUTDOWN_GRACE) for listener in self.listeners.values()),
                              return_exceptions=True)
         if self.service is not None:
             await self.service.close()
-        await self.http.close()
+        if self.http is not None:
+            await self.http.close()
         if self.worker is not None:
             await self.worker.stop()
-        self.invoker.close()
+        if getattr(self, "invoker", None) is not None:
+            self.invoker.close()
 
     def banner(self, emulators: Emulators | None, appconfig=None) -> str:
         base = self.server.base_url
@@ -299,8 +330,8 @@ class DevHost:
         if appconfig is not None:
             lines += ["", stars,
                       f"* Settings from the local App Configuration stand-in: {appconfig.endpoint}",
-                      "* (prefix completions:, sentinel completions:sentinel, checked every "
-                      f"{os.environ.get('AZURE_APPCONFIG_REFRESH_SECONDS', '30')} s).",
+                      "* (prefix completions:, sentinel completions:sentinel; a request checks it when "
+                      f"{os.environ.get('AZURE_APPCONFIG_REFRESH_SECONDS', '30')} s have passed since the last check).",
                       f"* Change one live: POST {appconfig.endpoint}/_emulator/settings",
                       "*   [{\"key\": \"completions:COMPLETIONS_MAX_TOKENS\", \"value\": \"64\"},",
                       "*    {\"key\": \"completions:sentinel\", \"value\": \"2\"}]   (curl -k, or --cacert "
@@ -364,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a connection may wait before sending a request (or its body)")
     parser.add_argument("--emulator-latency-ms", type=int, default=0,
                         help="latency of the embedded Azure OpenAI emulator")
+    parser.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
+                        help="allow browser requests from ORIGIN (repeat, or * for any; also local.settings.json "
+                             "Host.CORS); other cross-origin requests get 403")
     parser.add_argument("--appconfig", type=Path, default=None, metavar="FILE.json",
                         help="take settings from a local Azure App Configuration (and Key Vault) stand-in seeded "
                              "from FILE.json, refreshed live (e.g. devserver/appconfig.example.json)")
@@ -388,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(args.app_dir.resolve()))
         app = importlib.import_module("function_app").app
         devhost = DevHost(index(app.get_functions()), config, storage, FunctionKeys(args.function_key),
-                          args.host, args.port, max_connections, args.idle_timeout)
+                          args.host, args.port, max_connections, args.idle_timeout,
+                          cors=(*args.cors, *local_cors(args.settings or args.app_dir / "local.settings.json")))
         asyncio.run(serve(devhost, emulators, appconfig))
     except http_v2.HttpV2Error as error:  # what the worker reports when it cannot load the functions
         print(f"The app's functions cannot be served: {error}", file=sys.stderr)

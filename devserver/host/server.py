@@ -24,13 +24,16 @@ and a few objects, not a thread.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+JSON = "application/json"
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT = 120.0  # Kestrel (the Functions host's server) keeps idle connections 130 s
 # asyncio accepts up to `backlog` connections per loop pass before the first of them is seen
@@ -146,18 +149,37 @@ async def read_body(request: web.BaseRequest, timeout: float, limit: int = MAX_B
     ``HTTPRequestTimeout`` (408) or ``HTTPRequestEntityTooLarge`` (413), both closing
     the connection (the rest of the body is not read)."""
     if request.content_length is not None and request.content_length > limit:
-        raise _closing(web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length))
+        raise _closing(_too_large(limit))
     parts, size = [], 0
     try:
         async with asyncio.timeout(timeout):
             while chunk := await request.content.readany():
                 size += len(chunk)
                 if size > limit:
-                    raise _closing(web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size))
+                    raise _closing(_too_large(limit))
                 parts.append(chunk)
     except TimeoutError:
-        raise _closing(web.HTTPRequestTimeout(text="The request body did not arrive in time.")) from None
+        raise _closing(web.HTTPRequestTimeout(text=_error_text("request_timeout", "The request body did not "
+                                                               "arrive in time."), content_type=JSON)) from None
     return b"".join(parts)
+
+
+def parse_json(body: bytes | str) -> Any:
+    """A JSON document; ValueError for anything else, nesting too deep for Python included
+    (200,000 ``[`` is a client's error, not a RecursionError in the host's log)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _too_large(limit: int) -> web.HTTPRequestEntityTooLarge:
+    return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=limit + 1, content_type=JSON, text=_error_text(
+        "payload_too_large", f"The body is larger than the dev host's limit of {limit} bytes."))
+
+
+def _error_text(code: str, message: str) -> str:
+    return json.dumps({"error": {"code": code, "message": message}})
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:

@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     for result in found.values():
         print(json.dumps(result, indent=2))
     missing = set(args.id or ()) - found.keys()
+    if not found and not args.id and not args.wait:  # nothing there: say so, rather than print nothing
+        print(f"The results queue '{args.queue}' is empty (no result yet? `make results ARGS=\"--wait 30\"` "
+              "waits for one).", file=sys.stderr)
+        return 0
     if missing or (args.wait and not found):
         print(json.dumps({"error": f"no result for {sorted(missing) or 'any request'} within {args.wait:g} s"}),
               file=sys.stderr)

@@ -57,7 +57,14 @@ from urllib.parse import urlsplit
 from ..backoff import Backoff
 from ..upstream.credentials import azure_credential
 from .appconfig_bootstrap import AppConfigBootstrap
-from .appconfig_failures import describe_failure, failure_reason, is_azure_error, verify_vault_challenge
+from .appconfig_failures import (
+    KeyVaultReferenceError,
+    describe_failure,
+    failure_reason,
+    is_azure_error,
+    key_vault_reason,
+    verify_vault_challenge,
+)
 from .protected import is_bootstrap_name
 from .settings import SettingsError
 
@@ -361,9 +368,10 @@ class AppConfigSource:
         try:
             value = client.get_secret(identifier.name, version=identifier.version).value
         except Exception as exc:
-            log.warning("App Configuration: Key Vault reference to secret %r on %s not resolved (%s)",
-                        identifier.name, urlsplit(identifier.vault_url).hostname, describe_failure(exc))
-            raise
+            reason = key_vault_reason(exc)
+            log.warning("App Configuration: Key Vault reference to secret %r on %s not resolved: %s (%s)",
+                        identifier.name, urlsplit(identifier.vault_url).hostname, reason, describe_failure(exc))
+            raise KeyVaultReferenceError(reason) from exc
         return value or ""  # a secret without a value reads as an unset setting
 
     # -- errors, logged once -------------------------------------------------------------

@@ -47,10 +47,34 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+class KeyVaultReferenceError(Exception):
+    """A Key Vault reference in the store that could not be resolved: ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def key_vault_reason(exc: BaseException) -> str:
+    """What went wrong reading a referenced secret: it does not exist, the identity may not read
+    it, or the vault did not answer."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+
+    if isinstance(exc, ResourceNotFoundError) or getattr(exc, "status_code", None) == 404:
+        return "Key Vault secret not found"
+    if isinstance(exc, ClientAuthenticationError) or (isinstance(exc, HttpResponseError)
+                                                      and exc.status_code in (401, 403)):
+        return "Key Vault access denied"
+    return "Key Vault unreachable"
+
+
 def failure_reason(exc: BaseException) -> str:
     from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
 
     causes = _causes(exc)
+    reference = next((c for c in causes if isinstance(c, KeyVaultReferenceError)), None)
+    if reference is not None:
+        return reference.reason
     if any(isinstance(c, ClientAuthenticationError) or (isinstance(c, HttpResponseError)
                                                          and c.status_code in (401, 403)) for c in causes):
         return "unauthorized"

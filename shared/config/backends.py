@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .endpoints import api_version_problem, deployment_problem, endpoint_problem
+from .endpoints import api_version_problem, deployment_problem, endpoint_problem, host_allowed
 from .protected import holds_other_credentials
 from .registry import API_KINDS, AUTH_MODES, BACKENDS
 
@@ -34,6 +34,8 @@ _FIELDS = ("name", "endpoint", "deployment", "api_version", "priority", "weight"
            "client_id", "api", "model")
 _KEY_VAULT_REFERENCE = "@microsoft.keyvault("
 _RULES = {"endpoint": endpoint_problem, "deployment": deployment_problem, "api_version": api_version_problem}
+STORE_HOST_PROBLEM = ("endpoint must be an Azure OpenAI or AI Services host, loopback, or a host listed in "
+                      "AZURE_OPENAI_ALLOWED_HOSTS, when it comes from App Configuration")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +92,8 @@ def _key_label(key: str) -> str:
 
 @dataclass(frozen=True)
 class Defaults:
-    """What an entry inherits from the single-endpoint settings."""
+    """What an entry inherits from the single-endpoint settings, and whether its endpoint must
+    be an allowed host (the list came from App Configuration)."""
 
     deployment: str | None
     api_version: str
@@ -98,6 +101,7 @@ class Defaults:
     client_id: str | None
     token_scope: str
     api: str = "auto"
+    allowed_hosts: tuple[str, ...] | None = None  # None: any host; else besides Azure's own and loopback
 
 
 def parse_backends(environ: Mapping[str, str],
@@ -154,6 +158,9 @@ class _Entry:
             return None
         name, label = self._name()
         endpoint = self._checked("endpoint", self._text("endpoint", required=True))
+        if endpoint is not None and not self.found and self.defaults.allowed_hosts is not None \
+                and not host_allowed(endpoint, self.defaults.allowed_hosts):
+            self.found.append(STORE_HOST_PROBLEM)
         deployment = self._checked("deployment", self._text("deployment") or self.defaults.deployment)
         if deployment is None and self.entry.get("deployment") is None:
             self.found.append("deployment is required when AZURE_OPENAI_DEPLOYMENT is not set")

@@ -73,7 +73,13 @@ API_KEY = _s("AZURE_OPENAI_API_KEY", "secret", None, "required when auth is `key
 CLIENT_ID = _s("AZURE_CLIENT_ID", "text", None,
                "client id of a user-assigned identity (passed explicitly: ManagedIdentityCredential does not read it)",
                "upstream", store=False)
-TOKEN_SCOPE = _s("AZURE_OPENAI_TOKEN_SCOPE", "text", DEFAULT_TOKEN_SCOPE, "token scope", "upstream")
+TOKEN_SCOPE = _s("AZURE_OPENAI_TOKEN_SCOPE", "text", DEFAULT_TOKEN_SCOPE,
+                 "token scope: the Azure OpenAI / AI Services audience (public or sovereign cloud)", "upstream",
+                 store=False)
+ALLOWED_HOSTS = _s("AZURE_OPENAI_ALLOWED_HOSTS", "text", None,
+                   "hosts besides Azure OpenAI's own (`*.openai.azure.com` ...) and loopback that an endpoint from "
+                   "App Configuration may name, comma-separated (`*.example.com` allows a domain)", "upstream",
+                   store=False)
 SEED_API_TYPE = _s("OPENAI_API_TYPE", "choice", None,
                    "the seed guide's auth switch, read when `AZURE_OPENAI_AUTH` is absent: `azure` → key, "
                    "`azure_ad` → managed identity", "upstream", choices=("azure", "azure_ad", "azuread"))
@@ -97,6 +103,9 @@ MAX_CONNECTIONS = _s("AZURE_OPENAI_MAX_CONNECTIONS", "int", None,
                      "kept-alive TCP connections per Azure OpenAI host; fewer than the concurrency makes calls wait "
                      "for a connection (within the connect timeout)", "retry", low=1, high=4096,
                      default_text="= the concurrency")
+MAX_COOLDOWN = _s("AZURE_OPENAI_MAX_COOLDOWN", "seconds", 60.0,
+                  "seconds at most a backend rests after a 429 or 503, whatever its Retry-After asks; then one "
+                  "probe request decides", "retry", low=1, high=3600)
 MAX_RESPONSE_BYTES = _s("AZURE_OPENAI_MAX_RESPONSE_BYTES", "int", 8 * MIB,
                         "larger upstream answers are refused as they arrive (502 `upstream_bad_response`); raise it "
                         "for `logprobs` at the limits", "retry", low=64 * 1024, high=256 * MIB)

@@ -9,7 +9,7 @@ may be a key.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -17,12 +17,23 @@ from . import registry as R
 from .backends import BackendSettings, Defaults, parse_backends
 from .ca_bundle import ca_problems
 from .caller_keys import parse_caller_keys
-from .endpoints import api_version_problem, deployment_problem, endpoint_problem
+from .endpoints import (
+    allowed_hosts_problem,
+    api_version_problem,
+    deployment_problem,
+    endpoint_problem,
+    host_allowed,
+    parse_allowed_hosts,
+    token_scope_problem,
+)
 from .host_json import function_timeout_seconds
 from .reader import Reader
 
 # Azure's HTTP front end cuts any response at 230 s, whatever functionTimeout says.
 FRONT_END_LIMIT_SECONDS = 230.0
+# A stream ends itself this long before that limit (or functionTimeout), with an error event the
+# caller can read, rather than being cut by the host or the front end.
+STREAM_END_MARGIN = 10.0
 SEED_API_TYPES = {"azure": "key", "azure_ad": "managed_identity", "azuread": "managed_identity"}
 # Either names an Azure App Configuration store (config.appconfig, imported only then).
 STORE_SETTINGS = (R.APPCONFIG_ENDPOINT.name, R.APPCONFIG_CONNECTION_STRING.name)
@@ -51,6 +62,8 @@ class RetrySettings:
     max_concurrency: int = R.MAX_CONCURRENCY.default  # upstream calls in flight per instance
     max_connections: int = R.MAX_CONCURRENCY.default  # kept-alive TCP connections per upstream host
     max_response_bytes: int = R.MAX_RESPONSE_BYTES.default  # larger upstream answers are refused as they arrive
+    max_cooldown: float = R.MAX_COOLDOWN.default  # the longest a backend rests after a 429 or 503
+    stream_seconds: float = 170.0  # the longest a stream may last: under functionTimeout and the 230 s front end
 
 
 @dataclass(frozen=True)
@@ -178,10 +191,15 @@ def invocation_deadline(environ: Mapping[str, str], *,
     return _deadline(Reader(environ), function_timeout)
 
 
-def _upstream(read: Reader, pooled: bool) -> UpstreamSettings:
-    """The single-endpoint settings (required unless AZURE_OPENAI_BACKENDS lists the backends)."""
+def _upstream(read: Reader, pooled: bool, allowed_hosts: tuple[str, ...] | None) -> UpstreamSettings:
+    """The single-endpoint settings (required unless AZURE_OPENAI_BACKENDS lists the backends);
+    ``allowed_hosts``: the endpoint came from App Configuration (None: from app settings)."""
     auth = _auth_mode(read)
     endpoint = _checked(read, R.ENDPOINT, endpoint_problem, required=not pooled)
+    if endpoint is not None and allowed_hosts is not None and not host_allowed(endpoint, allowed_hosts):
+        read.problems[R.ENDPOINT.name] = "must be an Azure OpenAI or AI Services host, loopback, or a host " \
+                                         "listed in AZURE_OPENAI_ALLOWED_HOSTS, when it comes from App Configuration"
+        endpoint = None
     deployment = _checked(read, R.DEPLOYMENT, deployment_problem, required=not pooled)
     api_version = read.text(R.API_VERSION) or R.API_VERSION.default
     if (problem := api_version_problem(api_version)) is not None:
@@ -191,17 +209,29 @@ def _upstream(read: Reader, pooled: bool) -> UpstreamSettings:
         read.problems[R.API_KEY.name] = "is required when AZURE_OPENAI_AUTH is key"
     return UpstreamSettings(endpoint=(endpoint or "").rstrip("/"), deployment=deployment or "",
                             api_version=api_version, auth=auth, api_key=api_key, client_id=read.text(R.CLIENT_ID),
-                            token_scope=read.text(R.TOKEN_SCOPE) or "", api=read.choice(R.API))
+                            token_scope=_checked(read, R.TOKEN_SCOPE, token_scope_problem, required=True) or "",
+                            api=read.choice(R.API))
+
+
+def _allowed_hosts(read: Reader) -> tuple[str, ...]:
+    raw = read.raw(R.ALLOWED_HOSTS)
+    if raw is not None and (problem := allowed_hosts_problem(raw)) is not None:
+        read.problems[R.ALLOWED_HOSTS.name] = problem
+        return ()
+    return parse_allowed_hosts(raw)
 
 
 def _retry(read: Reader, function_timeout: Callable[[], float | None]) -> RetrySettings:
     deadline = _deadline(read, function_timeout)
     concurrency = read.integer(R.MAX_CONCURRENCY)
+    host_timeout = function_timeout()
+    cap = min(FRONT_END_LIMIT_SECONDS, host_timeout) if host_timeout is not None else FRONT_END_LIMIT_SECONDS
     return RetrySettings(
+        stream_seconds=max(deadline, cap - STREAM_END_MARGIN),
         connect_timeout=read.number(R.CONNECT_TIMEOUT), read_timeout=read.number(R.TIMEOUT),
         max_retries=read.integer(R.MAX_RETRIES), deadline=deadline, max_concurrency=concurrency,
         max_connections=read.integer(R.MAX_CONNECTIONS, concurrency),
-        max_response_bytes=read.integer(R.MAX_RESPONSE_BYTES))
+        max_response_bytes=read.integer(R.MAX_RESPONSE_BYTES), max_cooldown=read.number(R.MAX_COOLDOWN))
 
 
 def _limits(read: Reader) -> Limits:
@@ -210,17 +240,21 @@ def _limits(read: Reader) -> Limits:
                   max_best_of=read.integer(R.MAX_BEST_OF), max_messages=read.integer(R.MAX_MESSAGES))
 
 
-def load_settings(environ: Mapping[str, str] | None = None, *,
+def load_settings(environ: Mapping[str, str] | None = None, *, from_store: Collection[str] = (),
                   function_timeout: Callable[[], float | None] = function_timeout_seconds) -> Settings:
-    """Settings from ``environ`` (default: the process environment); raises SettingsError."""
+    """Settings from ``environ`` (default: the process environment); raises SettingsError.
+    ``from_store``: the names whose values came from App Configuration (an endpoint among them
+    must be an allowed host)."""
     read = Reader(os.environ if environ is None else environ)
+    allowed = _allowed_hosts(read)
     pooled = read.raw(R.BACKENDS) is not None  # then the single-endpoint settings are only defaults
-    upstream = _upstream(read, pooled)
+    upstream = _upstream(read, pooled, allowed if R.ENDPOINT.name in from_store else None)
     backends: tuple[BackendSettings, ...] = ()
     if pooled:
         backends, problems = parse_backends(read.environ, Defaults(
             deployment=upstream.deployment or None, api_version=upstream.api_version, auth=upstream.auth,
-            client_id=upstream.client_id, token_scope=upstream.token_scope, api=upstream.api))
+            client_id=upstream.client_id, token_scope=upstream.token_scope, api=upstream.api,
+            allowed_hosts=allowed if R.BACKENDS.name in from_store else None))
         read.problems.update(problems)
     retry, limits, log_text = _retry(read, function_timeout), _limits(read), read.flag(R.LOG_TEXT)
     chat = ChatSettings(instructions=read.text_or_empty(R.CHAT_INSTRUCTIONS),

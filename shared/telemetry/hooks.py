@@ -91,6 +91,12 @@ class Invocation:
     def identify(self, caller: str) -> None:
         """The caller the app authenticated (a configured caller's name, or the platform's principal)."""
 
+    def keep_open(self) -> None:
+        """The answer streams: the invocation ends with ``finish``, when the stream does, not with its block."""
+
+    def first_chunk(self, seconds: float) -> None:
+        """A stream's first chunk reached the caller, ``seconds`` after the invocation began."""
+
     def finish(self, end: InvocationEnd) -> None:
         """The invocation's outcome."""
 
@@ -144,8 +150,9 @@ class Telemetry:
     def flush(self, timeout_millis: int = 10_000) -> None:
         """Export what is pending now (tests, benchmarks; never on a request)."""
 
-    def shutdown(self) -> None:
-        """Flush and stop the exporters (process exit only, never on a request)."""
+    def shutdown(self, within: float | None = None) -> None:
+        """Flush and stop the exporters, in at most ``within`` seconds (process exit only, never on a
+        request)."""
 
 
 NOOP = Telemetry()

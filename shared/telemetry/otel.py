@@ -150,10 +150,17 @@ class OTelTelemetry(Telemetry):
         """Record the queued measurements now (the metrics thread does it every 50 ms)."""
         self._deferred.drain()
 
-    def shutdown(self) -> None:
+    def shutdown(self, within: float | None = None) -> None:
+        """Flush and stop the providers this object owns; with ``within``, give up after that many
+        seconds (each provider shuts down on a daemon thread, so a hanging export cannot hold exit)."""
         self._deferred.stop()
-        for provider in self._owned:
-            provider.shutdown()
+        threads = [threading.Thread(target=provider.shutdown, name="telemetry-shutdown", daemon=True)
+                   for provider in self._owned]
+        for thread in threads:
+            thread.start()
+        give_up = time.monotonic() + (within if within is not None else 3600)
+        for thread in threads:
+            thread.join(max(0.0, give_up - time.monotonic()))
 
     def _observe_in_flight(self, options: CallbackOptions) -> Any:
         with self._in_flight_lock:

@@ -9,6 +9,7 @@ thread.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -44,6 +45,8 @@ DEFAULT_RESOURCE_DETECTORS = "azure_functions"
 DISTRO_INSTRUMENTATIONS = ("azure_sdk", "django", "fastapi", "flask", "psycopg2", "requests", "urllib", "urllib3",
                            "httpx", "httpx2")
 EXPORTER_LOG_INTERVAL = 60.0  # seconds between exporter error lines (a broken collector fails every batch)
+EXPORT_TIMEOUT = 2  # seconds one export may take, unless OTEL_EXPORTER_OTLP_TIMEOUT says otherwise
+EXIT_BUDGET = 4.0  # seconds the exit flush may take in all (an instance stops within 5 s)
 
 
 class TelemetrySettingError(Exception):
@@ -150,6 +153,10 @@ def configure(environ: Mapping[str, str], *, insights: bool, otlp: bool) -> OTel
     # Exemplars (a trace id kept with some measurements) cost a third of each measurement's time,
     # and with traces rate-limited they would seldom point at a recorded trace: off unless asked for.
     os.environ.setdefault("OTEL_METRICS_EXEMPLAR_FILTER", "always_off")
+    # An export that hangs (a collector that accepts and never answers) must not hold an instance's
+    # exit: each export gives up after 2 s unless the settings say otherwise, and the exit flush as
+    # a whole has EXIT_BUDGET (the SDK's own exit hooks are off for the providers made here).
+    os.environ.setdefault("OTEL_EXPORTER_OTLP_TIMEOUT", str(EXPORT_TIMEOUT))
     resource = _resource()
     processors, exporters = [], []
     readers = []
@@ -174,14 +181,15 @@ def configure(environ: Mapping[str, str], *, insights: bool, otlp: bool) -> OTel
         tracer_provider, meter_provider = trace.get_tracer_provider(), metrics.get_meter_provider()
         what = "Application Insights" + (" and OTLP" if otlp else "")
     else:
-        tracer_provider = TracerProvider(resource=resource, sampler=_sampler(environ))
+        tracer_provider = TracerProvider(resource=resource, sampler=_sampler(environ), shutdown_on_exit=False)
         for processor in processors:
             tracer_provider.add_span_processor(processor)
-        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
         what = "OTLP"
     telemetry = OTelTelemetry(tracer_provider, meter_provider, owned=(tracer_provider, meter_provider))
+    atexit.register(telemetry.shutdown, EXIT_BUDGET)
     counting: list[Any] = [*processors, *exporters]
     for component in counting:
         component.dropped = telemetry.dropped

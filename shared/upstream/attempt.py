@@ -11,6 +11,7 @@ past its deadline.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import openai
@@ -18,10 +19,11 @@ import openai
 from ..clock import Deadline
 from ..config.backends import BackendSettings
 from ..config.settings import RetrySettings
-from ..errors import AppError
+from ..errors import AppError, credential_unavailable
 from .failures import check_chat, check_completion, upstream_failure
 from .plan import Plan
-from .transport import Exchange, UpstreamHttp
+from .streaming import UpstreamStream
+from .transport import Exchange, UpstreamHttp, bad_response
 
 if TYPE_CHECKING:
     from .tokens import TokenCache
@@ -78,16 +80,24 @@ class Target:
             "deployment_id": backend.deployment,
         }
 
+    async def _budget(self, deadline: Deadline, retry: RetrySettings, min_attempt: float) -> _Budget:
+        """The key or token, and the time this attempt has (its wait for a token counts)."""
+        before = deadline.remaining()
+        api_key = (self.backend.api_key or "") if self.tokens is None else \
+            await self.tokens.get(deadline, reserve=min_attempt)
+        remaining = deadline.remaining()
+        if remaining < min_attempt:
+            if self.tokens is not None and before - remaining > 0.001:  # the token came too late to use
+                raise credential_unavailable(deadline_exhausted=True)
+            raise no_time()
+        total = min(retry.read_timeout, remaining)
+        return _Budget(api_key, min(retry.connect_timeout, total), total, remaining < retry.read_timeout)
+
     async def call(self, plan: Plan, deadline: Deadline, request_id: str, *, http: UpstreamHttp,
                    retry: RetrySettings, min_attempt: float) -> tuple[list[dict[str, Any]], Exchange]:
         """The answers (one per call of the plan, concurrently) and what the transport saw of the
         last; AppError (translated at ``failures``) when any call fails: the others are cancelled."""
-        api_key = (self.backend.api_key or "") if self.tokens is None else await self.tokens.get(deadline)
-        remaining = deadline.remaining()  # after the token: its wait counts too
-        if remaining < min_attempt:
-            raise no_time()
-        total = min(retry.read_timeout, remaining)
-        budget = _Budget(api_key, min(retry.connect_timeout, total), total, remaining < retry.read_timeout)
+        budget = await self._budget(deadline, retry, min_attempt)
         if len(plan.calls) == 1:
             response, exchange = await self._one(plan.api, plan.calls[0], budget, request_id, http)
             return [response], exchange
@@ -99,6 +109,51 @@ class Target:
             raise failed.exceptions[0] from None
         done = [task.result() for task in tasks]
         return [response for response, _ in done], done[-1][1]
+
+    async def open(self, plan: Plan, deadline: Deadline, request_id: str, *, http: UpstreamHttp,
+                   retry: RetrySettings, min_attempt: float, until: float) -> UpstreamStream:
+        """The plan's calls as streams, each open and past its first chunk (within this attempt's
+        time); ``until``: the loop's time by which the whole stream must end."""
+        budget = await self._budget(deadline, retry, min_attempt)
+        usage = {"stream_options": {"include_usage": True}} if plan.api == "chat" else {}
+        calls = [{**params, "stream": True, **usage} for params in plan.calls]
+        tasks: list[asyncio.Task] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._open_one(plan.api, params, budget, request_id, http, until))
+                         for params in calls]
+        except* AppError as failed:
+            for task in tasks:  # close the streams that did open
+                if task.done() and not task.cancelled() and task.exception() is None:
+                    await task.result()[0].aclose()
+            raise failed.exceptions[0] from None
+        opened = [task.result() for task in tasks]
+        return UpstreamStream([o[0] for o in opened], [o[1] for o in opened], [o[2] for o in opened],
+                              between=retry.read_timeout, until=until, max_bytes=retry.max_response_bytes)
+
+    async def _open_one(self, api: str, params: dict[str, Any], budget: _Budget, request_id: str,
+                        http: UpstreamHttp, until: float) -> tuple[AsyncGenerator[Any, None], Any, Exchange]:
+        stream: Any = None
+        whole = max(0.1, until - asyncio.get_running_loop().time())
+        with http.exchange() as exchange:
+            try:
+                async with asyncio.timeout(budget.total):  # the first chunk within the attempt's time
+                    stream = await _API[api].acreate(
+                        **self.per_call, api_key=budget.api_key, **params, request_id=request_id,
+                        request_timeout=(budget.connect, whole), timeout=-1)
+                    if not isinstance(stream, AsyncGenerator):  # a 200 that is not a stream
+                        raise bad_response("Azure OpenAI answered a stream request without a stream.")
+                    first = await anext(stream)
+            except Exception as exc:  # noqa: BLE001 - every failure is translated, at one boundary
+                if exchange.response is not None:
+                    exchange.response.close()
+                error = upstream_failure(exc, exchange)
+                if error.upstream_status == 401 and self.tokens is not None:
+                    self.tokens.invalidate(budget.api_key)
+                if budget.cut_by_deadline and error.code == "upstream_timeout" and error.upstream_status is None:
+                    error = error.replace(deadline_exhausted=True)
+                raise error from None
+        return stream, first, exchange
 
     async def _one(self, api: str, params: dict[str, Any], budget: _Budget, request_id: str,
                    http: UpstreamHttp) -> tuple[dict[str, Any], Exchange]:

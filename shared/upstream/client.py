@@ -14,10 +14,12 @@ same backend, without the caller seeing that answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..clock import SYSTEM_CLOCK, Clock, Deadline
@@ -32,6 +34,7 @@ from .pool import DEFAULT_COOLDOWN, BackendPool, FailureKind, Recovery
 from .retry import RetryPolicy
 from .routing import Route
 from .slots import Slots
+from .streaming import UpstreamStream
 from .transport import UpstreamHttp
 
 if TYPE_CHECKING:
@@ -50,14 +53,17 @@ class UpstreamResult(NamedTuple):
     headers: Mapping[str, str]  # of the answer that succeeded
     backend: BackendSettings  # the backend that answered
     failovers: int  # attempts that went to another backend at once after a failure
+    stream: UpstreamStream | None = None  # the answer streams: its first chunks are read
+    release: Callable[[], None] | None = None  # gives a stream's concurrency slots back (once it ends)
 
 
 class _Call:
     """One request's way through the pool: what it tried, and what it learned."""
 
     def __init__(self, request: Request, route: Route, deadline: Deadline, request_id: str,
-                 chat: ChatSettings) -> None:
+                 chat: ChatSettings, until: float | None = None) -> None:
         self.request, self.route, self.deadline, self.request_id, self.chat = request, route, deadline, request_id, chat
+        self.until = until  # a stream: the loop's time by which it must have ended (None: not a stream)
         self.tried: set[str] = set(route.excluded)  # backends tried in this round, and those that cannot serve it
         self.reauthenticated: set[str] = set()
         self.switched: set[str] = set()  # backends whose API this request switched
@@ -67,7 +73,9 @@ class _Call:
         self.last: AppError | None = None
 
     def new_round(self) -> None:
-        self.rounds += 1
+        """After an attempt of its own, a round of the retry budget; waiting alone costs none."""
+        if self.tried - self.route.excluded:
+            self.rounds += 1
         self.tried = set(self.route.excluded)
 
     def given_up(self, error: AppError) -> AppError:
@@ -100,7 +108,8 @@ class CompletionClient:
         self._rng = rng
         self._policy = policy or RetryPolicy(max_retries=retry.max_retries)
         self.tokens = dict(tokens)
-        self.pool = pool or BackendPool(backends, clock=clock.monotonic, wall_clock=clock.time, rng=rng)
+        self.pool = pool or BackendPool(backends, clock=clock.monotonic, wall_clock=clock.time, rng=rng,
+                                        max_cooldown=retry.max_cooldown)
         self.knowledge: Knowledge = previous.knowledge if previous is not None and previous.backends == self.backends \
             else Knowledge()
         self._http = http or UpstreamHttp([b.endpoint for b in backends], max_connections=retry.max_connections,
@@ -123,18 +132,37 @@ class CompletionClient:
         async with self._slots.held(deadline, self._telemetry, self._policy.min_attempt, count=route.calls):
             return await self._complete_with_failover(_Call(request, route, deadline, request_id, chat))
 
+    async def stream(self, request: Request, deadline: Deadline, request_id: str, *, until: float,
+                     model: str | None = None, chat: ChatSettings = DEFAULT_CHAT) -> UpstreamResult:
+        """As ``complete``, for an answer that streams: ``result.stream`` has read its first chunks
+        (every retry and failover happens before that), and the request keeps its concurrency slots
+        until ``result.release()``. ``until``: the loop's time by which the whole stream must end."""
+        route = Route.for_request(request, self.backends, self.knowledge, model)
+        if deadline.remaining() < self._policy.min_attempt:
+            raise no_time()
+        release = await self._slots.acquire(deadline, self._telemetry, self._policy.min_attempt, count=route.calls)
+        try:
+            result = await self._complete_with_failover(_Call(request, route, deadline, request_id, chat, until))
+        except BaseException:
+            release()
+            raise
+        return result._replace(release=release)
+
     async def _complete_with_failover(self, call: _Call) -> UpstreamResult:
         """Try the pool's choice; on a failure that is not the caller's, go at once to the next
         ready backend; when none is left to try, wait for a new round or give up."""
         while True:
             call.route.check_servable(call.tried)
-            backend = self.pool.choose(max_tokens=call.route.tokens_needed, tried=call.tried)
+            backend = self.pool.choose(max_tokens=call.route.tokens_needed, tried=call.tried, owner=call)
             if backend is None:
                 await self._next_round(call)
                 continue
             if call.deadline.remaining() < self._policy.min_attempt:
                 raise call.given_up(call.last or no_time())
-            result = await self._try(call, backend)
+            try:
+                result = await self._try(call, backend)
+            finally:
+                self.pool.release(backend, call)  # (a probe that ended without an answer: the next one probes)
             if result is not None:
                 return result
 
@@ -147,10 +175,19 @@ class CompletionClient:
             raise _given_up(call, call.last or self._pool_answer(recovery, call.route.names), recovery)
         call.new_round()
         self._telemetry.retry_wait(wait)
-        if wait > 0:
+        if recovery is not None and recovery.probe is not None:  # follow the probe's outcome
+            await self._follow(recovery.probe, call.deadline)
+        elif wait > 0:
             log.info("request_id=%s: no Azure OpenAI backend ready (last: %s); retrying in %.2f s",
                      call.request_id, call.last.code if call.last else "-", wait)
             await self._clock.sleep(wait)
+
+    async def _follow(self, probe: Future, deadline: Deadline) -> None:
+        """Wait for a probe to decide, within the deadline (less the time an attempt needs)."""
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(probe), deadline.remaining() - self._policy.min_attempt)
+        except TimeoutError:
+            pass
 
     async def _try(self, call: _Call, backend: BackendSettings) -> UpstreamResult | None:
         """One attempt to ``backend``: the result, or None when the request should go on."""
@@ -167,10 +204,15 @@ class CompletionClient:
         call.tried.add(backend.name)
         call.attempts += 1
         started = time.perf_counter()
+        target, stream = self._targets[backend.name], None
         try:
-            responses, exchange = await self._targets[backend.name].call(
-                plan, call.deadline, call.request_id, http=self._http, retry=self._retry,
-                min_attempt=self._policy.min_attempt)
+            if call.until is None:
+                responses, exchange = await target.call(plan, call.deadline, call.request_id, http=self._http,
+                                                        retry=self._retry, min_attempt=self._policy.min_attempt)
+            else:
+                stream = await target.open(plan, call.deadline, call.request_id, http=self._http, retry=self._retry,
+                                           min_attempt=self._policy.min_attempt, until=call.until)
+                responses, exchange = [], stream.exchange
         except AppError as error:
             attempt.end(error.upstream_status, error.code)
             call.upstream_seconds += time.perf_counter() - started
@@ -181,7 +223,7 @@ class CompletionClient:
         call.upstream_seconds += time.perf_counter() - started
         self.pool.record_success(backend, exchange.headers)
         return UpstreamResult(responses, plan, call.attempts, call.upstream_seconds * 1000, exchange.headers, backend,
-                              call.failovers)
+                              call.failovers, stream)
 
     def _learned(self, call: _Call, backend: BackendSettings, plan: Plan, error: AppError) -> bool:
         """Whether ``error`` taught something about ``backend`` (its API, a parameter it refuses):
@@ -218,6 +260,10 @@ class CompletionClient:
         """Raise the final answer, or record the failure against ``backend`` so the request goes on."""
         if error.deadline_exhausted:  # the caller's time ran out: nothing to hold against the backend
             raise call.given_up(error)
+        if error.code == "credential_unavailable":  # the identity's failure, not the deployment's: not cooled
+            log.info("request_id=%s: no token for backend %s (%s)", call.request_id, backend.name, error.code)
+            call.last = error
+            return
         kind = _pool_failure(error)
         if kind is None:  # the caller's own error: the backend answered, and no other would differ
             if error.upstream_status is not None:
@@ -264,6 +310,11 @@ class CompletionClient:
         if recovery is not None and recovery.misconfigured:
             return None
         wait = 0.0 if recovery is None else recovery.seconds
+        last = call.last
+        if recovery is None and last is not None and last.code == "credential_unavailable":
+            if not last.retryable:
+                return None  # the credential cannot be made: waiting will not help
+            wait = last.retry_after or 0.0  # the token cache's own window
         if len(call.route.names) == 1 and call.last is not None and call.last.retry_after is None:
             wait = max(wait, self._policy.backoff(call.rounds + 1, self._rng))  # its own, jittered (see the cooldown)
         return self._policy.next_round(call.rounds, wait, call.deadline.remaining(), attempted=call.last is not None)
@@ -274,8 +325,6 @@ def _pool_failure(error: AppError) -> FailureKind | None:
     (and other final answers), which no other backend would answer differently."""
     if error.code == "upstream_misconfigured":
         return "misconfigured"
-    if error.code == "credential_unavailable":
-        return "unavailable" if error.retryable else "misconfigured"
     if not error.retryable:
         return None
     return "throttled" if error.status == 429 else "unavailable"

@@ -13,8 +13,13 @@ Routing, per process and in memory:
   starts the rotation at a random point so instances do not move in lockstep.
 - A failure cools a backend: throttled (429) and unavailable (503) for as long
   as ``retry-after-ms`` / ``Retry-After`` say, else ``x-ratelimit-reset-*``,
-  else 10 s, honoured up to an hour; connection failures, timeouts, 500, 502
-  and 504 for 10 s; misconfigured (401, 403, 404) for 60 s.
+  else 10 s, honoured up to ``AZURE_OPENAI_MAX_COOLDOWN`` (60 s); connection
+  failures, timeouts, 500, 502 and 504 for 10 s; misconfigured (401, 403, 404)
+  for 60 s.
+- When a cooldown ends, one request goes first, a probe: the others do not see the
+  backend until it answers (``next_recovery`` hands them the probe to wait on). A
+  success opens the backend to everyone; a failure cools it again. So a recovery
+  costs one upstream call per backend, not one per waiting caller.
 - Headroom: a backend whose last answer said it has no requests left, or fewer
   tokens left than this request needs, is passed over until that information
   is 10 s old or its reset time passes. When every ready backend of a priority
@@ -45,6 +50,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any, Literal, NamedTuple
 
 from ..config.backends import BackendSettings
@@ -54,8 +60,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COOLDOWN = 10.0  # throttled without a usable header; unavailable
 MISCONFIGURED_COOLDOWN = 60.0
-MAX_COOLDOWN = 3600.0  # longer waits asked for are honoured up to this
-LONG_COOLDOWN = 60.0  # from here on a cooldown is logged (once per episode)
+MAX_COOLDOWN = 60.0  # longer waits asked for are honoured up to this (AZURE_OPENAI_MAX_COOLDOWN)
+LONG_COOLDOWN = 30.0  # from here on a cooldown is logged (once per episode)
 HEADROOM_TTL = 10.0  # how long a reported remaining count is believed
 
 FailureKind = Literal["throttled", "unavailable", "misconfigured"]
@@ -69,13 +75,15 @@ class Recovery(NamedTuple):
     seconds: float  # until the earliest cooling backend that is not misconfigured is ready
     all_throttled: bool  # every backend that is not misconfigured is cooling because of a 429
     misconfigured: bool = False  # every backend is misconfigured: nothing worth waiting for
+    probe: Future | None = None  # a probe is in flight: it resolves when its answer decides (wait on it)
 
 
 class _Backend:
     """One backend's mutable state; only touched under the pool's lock."""
 
     __slots__ = ("settings", "current", "ready_at", "kind", "cause", "long_logged", "error_logged",
-                 "requests_left", "requests_until", "tokens_left", "tokens_until")
+                 "requests_left", "requests_until", "tokens_left", "tokens_until", "needs_probe", "probe",
+                 "probe_owner")
 
     def __init__(self, settings: BackendSettings, current: float) -> None:
         self.settings = settings
@@ -89,6 +97,18 @@ class _Backend:
         self.requests_until = -math.inf  # requests_left is believed until then
         self.tokens_left: int | None = None
         self.tokens_until = -math.inf
+        self.needs_probe = False  # it cooled: once the cooldown ends, one probe goes before the others
+        self.probe: Future | None = None  # the probe in flight
+        self.probe_owner: object = None
+
+    def usable(self, now: float) -> bool:
+        """Ready for a request: its cooldown ended and no probe is deciding for it."""
+        return self.ready_at <= now and self.probe is None
+
+    def end_probe(self, outcome: bool | None) -> None:
+        if self.probe is not None:
+            probe, self.probe, self.probe_owner = self.probe, None, None
+            probe.set_result(outcome)
 
     def lacks_headroom(self, now: float, tokens: int | None) -> bool:
         if self.requests_left is not None and now < self.requests_until and self.requests_left <= 0:
@@ -112,7 +132,8 @@ class BackendPool:
     """Per-process routing state over a fixed list of backends (see the module docstring)."""
 
     def __init__(self, backends: Sequence[BackendSettings], *, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time, rng: random.Random | None = None) -> None:
+                 wall_clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 max_cooldown: float = MAX_COOLDOWN) -> None:
         if not backends:
             raise ValueError("a pool needs at least one backend")
         if len({b.name for b in backends}) != len(backends):
@@ -123,6 +144,7 @@ class BackendPool:
         self._by_name = {state.settings.name: state for state in self._states}
         self._clock = clock
         self._wall_clock = wall_clock
+        self._max_cooldown = max_cooldown
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -132,15 +154,18 @@ class BackendPool:
         return self._by_name[backend if isinstance(backend, str) else backend.name]
 
     # -- routing ------------------------------------------------------------------
-    def choose(self, *, max_tokens: int | None = None, tried: Collection[str] = ()) -> BackendSettings | None:
+    def choose(self, *, max_tokens: int | None = None, tried: Collection[str] = (),
+               owner: object = None) -> BackendSettings | None:
         """The backend for the next attempt, or None when every ready backend is in ``tried``
         (names) or none is ready: then ``next_recovery()`` says whether and how long to wait.
 
         ``max_tokens`` is what the request may use (its ``max_tokens``, or the caller's
-        estimate of what Azure counts); None leaves tokens out of the headroom check."""
+        estimate of what Azure counts); None leaves tokens out of the headroom check. When the
+        choice is a backend whose cooldown just ended, this attempt is its probe, held by
+        ``owner`` until its answer is recorded or ``release(backend, owner)``."""
         now = self._clock()
         with self._lock:
-            ready = [s for s in self._states if s.ready_at <= now and s.settings.name not in tried]
+            ready = [s for s in self._states if s.usable(now) and s.settings.name not in tried]
             if not ready:
                 return None
             priorities = sorted({s.settings.priority for s in ready})
@@ -155,7 +180,18 @@ class BackendPool:
                 group = [s for s in ready if s.settings.priority == priorities[0]]
             chosen = self._round_robin(group)
             chosen.reserve(now, max_tokens)
+            if chosen.needs_probe:
+                chosen.probe, chosen.probe_owner = Future(), owner
+                chosen.probe.set_running_or_notify_cancel()  # a waiter giving up must not cancel it for others
             return chosen.settings
+
+    def release(self, backend: BackendSettings | str, owner: object) -> None:
+        """An attempt by ``owner`` ended without an answer that says anything of the backend (the
+        caller's time ran out, it was cancelled): if it was the probe, the next request probes."""
+        with self._lock:
+            state = self._state(backend)
+            if state.probe is not None and state.probe_owner is owner:
+                state.end_probe(None)
 
     @staticmethod
     def _round_robin(group: list[_Backend]) -> _Backend:
@@ -182,6 +218,8 @@ class BackendPool:
         with self._lock:
             state = self._state(backend)
             state.error_logged = False
+            state.needs_probe = False
+            state.end_probe(True)
             if "requests" in reported:
                 state.requests_left, state.requests_until = reported["requests"]
             if "tokens" in reported:
@@ -207,7 +245,7 @@ class BackendPool:
             seconds = MISCONFIGURED_COOLDOWN
         else:
             asked = requested_wait(headers, now=self._wall_clock()) if headers else None
-            seconds = min(default_cooldown if asked is None else asked, MAX_COOLDOWN)
+            seconds = min(default_cooldown if asked is None else asked, self._max_cooldown)
         records: list[tuple[int, str, tuple]] = []
         with self._lock:
             state = self._state(backend)
@@ -217,13 +255,16 @@ class BackendPool:
             if now + seconds >= state.ready_at:
                 state.ready_at, state.kind, state.cause = now + seconds, kind, cause
             state.forget_headroom()  # the cooldown says more than any count it reported
+            if seconds > 0:
+                state.needs_probe = True
+            state.end_probe(False)
             if kind == "misconfigured" and not state.error_logged:
                 state.error_logged = True
                 records.append((logging.ERROR, "backend %s looks misconfigured (%s): not used for %.0f s; check its "
                                 "endpoint, deployment and credentials", (name, detail or kind, seconds)))
             elif kind != "misconfigured" and seconds >= LONG_COOLDOWN and not state.long_logged:
                 state.long_logged = True
-                capped = f", asked for {asked:.0f} s" if asked is not None and asked > MAX_COOLDOWN else ""
+                capped = f", asked for {asked:.0f} s" if asked is not None and asked > self._max_cooldown else ""
                 records.append((logging.WARNING, "backend %s is %s (%s): not used for %.0f s%s",
                                 (name, kind, detail or kind, seconds, capped)))
             remaining = max(0.0, state.ready_at - now)
@@ -241,13 +282,16 @@ class BackendPool:
         now = self._clock()
         with self._lock:
             states = self._among(among)
-            if not states or any(s.ready_at <= now for s in states):
+            if not states or any(s.usable(now) for s in states):
                 return None
-            usable = [s for s in states if s.kind != "misconfigured"]
+            usable = [s for s in states if s.kind != "misconfigured" or s.probe is not None]
             if not usable:
                 return Recovery(min(s.ready_at for s in states) - now, False, True)
-            seconds = min(s.ready_at for s in usable) - now
             all_throttled = all(s.kind == "throttled" for s in usable)
+            probing = next((s.probe for s in usable if s.probe is not None), None)
+            if probing is not None:
+                return Recovery(0.0, all_throttled, probe=probing)
+            seconds = min(s.ready_at for s in usable) - now
         return Recovery(seconds, all_throttled)
 
     def cooling_causes(self, among: Collection[str] | None = None) -> list[Any]:
@@ -270,6 +314,8 @@ class BackendPool:
 
     @staticmethod
     def _state_name(state: _Backend, now: float) -> str:
+        if state.probe is not None:
+            return "probing"
         if state.ready_at <= now:
             return "ready"
         return "misconfigured" if state.kind == "misconfigured" else "cooling"

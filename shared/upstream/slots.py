@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from ..clock import Deadline
 from ..errors import AppError
@@ -43,11 +43,28 @@ class Slots:
     @contextlib.asynccontextmanager
     async def held(self, deadline: Deadline, telemetry: Telemetry, min_left: float,
                    count: int = 1) -> AsyncIterator[None]:
-        """Hold ``count`` slots (at most all of them) for the block; 503 ``overloaded`` when they do
-        not free up within the deadline, or leave less than ``min_left`` seconds to use them."""
+        """Hold ``count`` slots (at most all of them) for the block (``acquire``)."""
+        release = await self.acquire(deadline, telemetry, min_left, count)
+        try:
+            yield
+        finally:
+            release()
+
+    async def acquire(self, deadline: Deadline, telemetry: Telemetry, min_left: float,
+                      count: int = 1) -> Callable[[], None]:
+        """Take ``count`` slots (at most all of them) and return what gives them back (once); 503
+        ``overloaded`` when they do not free up within the deadline, or leave less than
+        ``min_left`` seconds to use them. (A stream holds its slots until it ends.)"""
         slots, several = self._get()
         count = max(1, min(count, self.size))
         held = 0
+
+        def release() -> None:
+            nonlocal held
+            while held:
+                held -= 1
+                slots.release()
+
         try:
             if count == 1:
                 await self._acquire(slots, deadline, telemetry)
@@ -63,12 +80,14 @@ class Slots:
                     several.release()
             if deadline.remaining() < min_left:  # slots, but too late to use them
                 raise overloaded()
-            yield
         except TimeoutError:
+            release()
             raise overloaded() from None
-        finally:
-            for _ in range(held):
-                slots.release()
+        except BaseException:
+            release()
+            raise
+        return release
+
 
     @staticmethod
     async def _acquire(slots: asyncio.Semaphore, deadline: Deadline, telemetry: Telemetry) -> None:

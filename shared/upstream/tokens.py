@@ -77,7 +77,9 @@ class TokenCache:
         self.refreshes = 0  # token requests started
         self._telemetry = telemetry
 
-    async def get(self, deadline: Deadline) -> str:
+    async def get(self, deadline: Deadline, reserve: float = 0.0) -> str:
+        """The token; a caller that must wait for a refresh waits until ``reserve`` seconds of its
+        deadline are left at most (the time its call needs), then gets 503 ``credential_unavailable``."""
         token = self._token
         now = self._clock.time()
         if token is not None and now < token.expires_on - self._margin:
@@ -90,7 +92,7 @@ class TokenCache:
         refresh = self._start_refresh(now, have_usable=False)
         assert refresh is not None
         try:
-            return (await asyncio.wait_for(asyncio.wrap_future(refresh), deadline.remaining())).token
+            return (await asyncio.wait_for(asyncio.wrap_future(refresh), deadline.remaining() - reserve)).token
         except CredentialConfigurationError:
             raise credential_unavailable(retryable=False) from None
         except TimeoutError:  # the caller's deadline, not the endpoint's answer: the refresh goes on

@@ -52,6 +52,7 @@ class Exchange:
     headers: Mapping[str, str] = field(default_factory=dict)
     size: int = 0  # bytes of the answer's body, once read
     json_constants: bool = True  # whether the body may hold NaN or Infinity (only a scan of it can say no)
+    response: aiohttp.ClientResponse | None = None  # the answer itself (a stream closes it when it ends)
 
 
 _current_exchange: ContextVar[Exchange | None] = ContextVar("upstream_exchange", default=None)
@@ -157,7 +158,7 @@ class UpstreamHttp:
         response = await handler(request)
         exchange = _current_exchange.get()
         if exchange is not None:
-            exchange.status, exchange.headers = response.status, response.headers
+            exchange.status, exchange.headers, exchange.response = response.status, response.headers, response
         if 300 <= response.status < 400:
             response.release()
             raise bad_response(f"Azure OpenAI answered with a redirect (HTTP {response.status}); "

@@ -60,3 +60,20 @@ def test_an_unusable_ca_bundle_is_named_and_never_breaks_indexing(tmp_path, cont
     health = json.loads(done.stdout.strip().splitlines()[-1])
     assert health["status"] == "not_configured" and "REQUESTS_CA_BUNDLE" in health["settings"]
     assert str(bundle) not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("endpoint", ["https://x.openai.azure.com:abc", "https://x.openai.azure.com:99999",
+                                      "https://x.openai.azure.com:-1", "https://x.openai.az\r\nure.com",
+                                      "https://u:pw@x.openai.azure.com"])
+def test_a_malformed_endpoint_never_breaks_indexing_and_is_named(endpoint):
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env.update(AZURE_OPENAI_ENDPOINT=endpoint, AZURE_OPENAI_DEPLOYMENT="d", AZURE_OPENAI_AUTH="key",
+               AZURE_OPENAI_API_KEY="k")
+    script = ("import json, function_app; names = [f.get_function_name() for f in function_app.app.get_functions()]; "
+              "print(json.dumps([names, function_app.service.health().body]))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names, health = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "health" in names and health["status"] == "not_configured"
+    assert "AZURE_OPENAI_ENDPOINT" in health["settings"] and "pw" not in done.stdout + done.stderr

@@ -109,7 +109,7 @@ def main() -> int:
         "import_s": imported, "statuses": statuses, "durations": durations, "flush_s": flushed,
         "telemetry": type(function_app.service.telemetry).__name__,
         "otel_modules": sorted(m for m in sys.modules if m.startswith(("opentelemetry", "azure.monitor"))),
-        "violations": violations, "logs": lines.lines,
+        "violations": violations, "logs": lines.lines, "finished_at": time.time(),
     }), flush=True)
     return 0
 

@@ -282,7 +282,8 @@ def test_any_pool_serves_from_its_lowest_priority_by_weight(specs, seed):
     ({"x-ratelimit-reset-requests": "4"}, 4.0),
     ({"x-ratelimit-reset-tokens": "55", "x-ratelimit-reset-requests": "4"}, 55.0),  # the later one
     ({"x-rate-limit-reset-tokens": "12"}, 12.0),  # the spelling Azure has used on 429s
-    ({"x-ratelimit-reset-requests": "1m30s"}, 90.0),  # OpenAI-style durations
+    ({"x-ratelimit-reset-requests": "1m5s"}, MAX_COOLDOWN),  # OpenAI-style durations (65 s: over the cap)
+    ({"x-ratelimit-reset-requests": "0m45s"}, 45.0),
     ({"x-ratelimit-reset-tokens": "250ms"}, 0.25),
     ({"retry-after-ms": "garbage", "Retry-After": "3"}, 3.0),  # an unreadable header is skipped
     ({}, DEFAULT_COOLDOWN),
@@ -294,7 +295,10 @@ def test_any_pool_serves_from_its_lowest_priority_by_weight(specs, seed):
     ({"Retry-After": "Someday, 99 Foo 2024"}, DEFAULT_COOLDOWN),
     ({"x-ratelimit-reset-tokens": "5parsecs"}, DEFAULT_COOLDOWN),
     ({"Retry-After": "9" * 40}, DEFAULT_COOLDOWN),  # absurdly long: not a number we read
-    ({"Retry-After": "86400"}, MAX_COOLDOWN),  # a day: honoured up to an hour
+    ({"Retry-After": "3600"}, MAX_COOLDOWN),  # an hour: honoured up to AZURE_OPENAI_MAX_COOLDOWN
+    ({"Retry-After": formatdate(4_070_908_800.0, usegmt=True)}, MAX_COOLDOWN),  # a date in 2099
+    ({"x-ratelimit-reset-requests": "2h"}, MAX_COOLDOWN),
+    ({"Retry-After": "86400"}, MAX_COOLDOWN),
     ({"retry-after-ms": "999999999999999"}, MAX_COOLDOWN),
 ])
 def test_a_throttled_backend_cools_for_what_upstream_asked(headers, seconds):
@@ -305,7 +309,49 @@ def test_a_throttled_backend_cools_for_what_upstream_asked(headers, seconds):
         clock.advance(seconds - 0.001)
         assert picks(pool, 4) == {"b": 4}  # the cooled backend gets no request until it expires
     clock.advance(0.001)
+    pool.record_success("a", {})  # (its probe answered: below)
     assert picks(pool, 4) == {"a": 2, "b": 2}
+
+
+def test_the_cooldown_cap_is_a_setting():
+    clock = Clock()
+    pool = BackendPool([backend("a")], clock=clock, wall_clock=lambda: 0.0, max_cooldown=5)
+    assert pool.record_failure("a", "throttled", {"Retry-After": "3600"}) == 5
+    assert pool.next_recovery() == Recovery(5, True)  # what callers are told: the cooldown actually left
+
+
+def test_when_a_cooldown_ends_one_probe_goes_first_and_decides_for_the_others():
+    clock = Clock()
+    pool = pool_of(backend("a"), clock=clock)
+    pool.record_failure("a", "throttled", {"retry-after-ms": "1500"})
+    clock.advance(1.5)
+    first, second = object(), object()
+    assert pool.choose(owner=first).name == "a"  # the probe
+    assert pool.choose(owner=second) is None  # the others wait for its answer, not a timer
+    recovery = pool.next_recovery()
+    assert recovery.seconds == 0 and recovery.all_throttled and not recovery.probe.done()
+    assert pool.snapshot()[0]["state"] == "probing"
+    pool.record_failure("a", "throttled", {"retry-after-ms": "1500"})  # still throttled: cooled again
+    assert recovery.probe.result() is False and pool.choose(owner=second) is None
+    clock.advance(1.5)
+    assert pool.choose(owner=second).name == "a"  # the next probe
+    pool.record_success("a", {})
+    assert pool.next_recovery() is None and picks(pool, 3) == {"a": 3}  # open to everyone
+
+
+def test_a_probe_that_ends_without_an_answer_hands_the_probe_to_the_next_caller():
+    clock = Clock()
+    pool = pool_of(backend("a"), clock=clock)
+    pool.record_failure("a", "unavailable")
+    clock.advance(DEFAULT_COOLDOWN)
+    prober, other = object(), object()
+    assert pool.choose(owner=prober).name == "a"
+    waiting = pool.next_recovery().probe
+    pool.release("a", other)  # not the probe's owner: nothing changes
+    assert pool.choose(owner=other) is None
+    pool.release("a", prober)  # its caller ran out of time
+    assert waiting.result() is None and pool.choose(owner=other).name == "a"  # the next probe
+    assert pool.choose(owner=prober) is None
 
 
 def test_requested_wait_reads_any_header_mapping():
@@ -358,7 +404,7 @@ def test_a_cooldown_never_shortens_one_in_progress():
     assert pool.next_recovery() == Recovery(40, True)
 
 
-def test_a_long_cooldown_is_capped_at_an_hour_and_logged_once(caplog):
+def test_a_long_cooldown_is_capped_and_logged_once(caplog):
     caplog.set_level(logging.INFO, logger="shared.upstream.pool")
     clock = Clock()
     pool = pool_of(backend("east"), backend("west"), clock=clock)
@@ -368,7 +414,7 @@ def test_a_long_cooldown_is_capped_at_an_hour_and_logged_once(caplog):
     assert pool.record_failure("east", "throttled", {"Retry-After": str(int(LONG_COOLDOWN))}) == MAX_COOLDOWN
     [record] = caplog.records
     assert record.levelno == logging.WARNING
-    assert "east" in record.getMessage() and "3600 s" in record.getMessage() and "86400" in record.getMessage()
+    assert "east" in record.getMessage() and "60 s" in record.getMessage() and "86400" in record.getMessage()
     assert "example.com" not in record.getMessage()
     clock.advance(MAX_COOLDOWN)
     pool.record_failure("east", "throttled", {"Retry-After": "120"})  # a new episode
@@ -385,7 +431,7 @@ def test_a_misconfigured_backend_is_skipped_for_a_minute_and_logged_once_as_an_e
     assert pool.snapshot()[0] == {"name": "broken", "priority": 1, "weight": 1, "state": "misconfigured",
                                   "retry_in": 60}
     clock.advance(MISCONFIGURED_COOLDOWN)
-    assert pool.choose().name == "broken"
+    assert pool.choose(tried={"fine"}).name == "broken"  # its probe
     pool.record_failure("broken", "misconfigured", detail="HTTP 404 DeploymentNotFound")  # still broken
     [record] = caplog.records
     assert record.levelno == logging.ERROR
@@ -482,22 +528,25 @@ def test_next_recovery_says_how_long_and_whether_everything_is_throttled():
     assert pool.next_recovery() == Recovery(7.25, True)
     assert pool.choose() is None
     clock.advance(7.25)
-    assert pool.choose().name == "b" and pool.next_recovery() is None
+    assert pool.choose().name == "b"  # its probe: the others wait for it
+    assert pool.next_recovery().probe is not None
+    pool.record_success("b", {})
+    assert pool.next_recovery() is None
 
 
 def test_everything_throttled_or_broken_still_counts_as_throttled():
     pool = pool_of(backend("a"), backend("b"), backend("c"))
     pool.record_failure("a", "throttled", {"Retry-After": "20"})
     pool.record_failure("b", "misconfigured")
-    pool.record_failure("c", "throttled", {"Retry-After": "90"})
+    pool.record_failure("c", "throttled", {"Retry-After": "50"})
     assert pool.next_recovery() == Recovery(20, True)
-    pool.record_failure("c", "unavailable", {"Retry-After": "100"})
+    pool.record_failure("c", "unavailable", {"Retry-After": "55"})
     assert pool.next_recovery() == Recovery(20, False)  # an outage, not only throttling: 503
     only_broken = pool_of(backend("a"))
     only_broken.record_failure("a", "misconfigured")
     assert only_broken.next_recovery() == Recovery(60, False, misconfigured=True)
     pool.record_failure("a", "misconfigured")
-    assert pool.next_recovery() == Recovery(100, False)  # not the misconfigured one's 60 s: nothing to wait for
+    assert pool.next_recovery() == Recovery(55, False)  # not the misconfigured ones': nothing to wait for
 
 
 def test_tried_backends_that_are_ready_allow_a_new_round_at_once():

@@ -39,20 +39,39 @@ def test_defaults():
 
 
 def test_every_setting_is_read():
+    digest = "ab" * 32
     settings = load(AZURE_OPENAI_API_VERSION="2023-05-15", AZURE_OPENAI_AUTH="key", AZURE_OPENAI_API_KEY="k",
-                    AZURE_CLIENT_ID="cid", AZURE_OPENAI_TOKEN_SCOPE="api://x/.default", AZURE_OPENAI_TIMEOUT="7.5",
-                    AZURE_OPENAI_CONNECT_TIMEOUT="2", AZURE_OPENAI_MAX_RETRIES="5", AZURE_OPENAI_DEADLINE="60",
-                    AZURE_OPENAI_MAX_CONCURRENCY="8", COMPLETIONS_MAX_BODY_BYTES="4096", COMPLETIONS_MAX_PROMPTS="2",
-                    COMPLETIONS_MAX_TOKENS="50", COMPLETIONS_MAX_N="3", COMPLETIONS_MAX_BEST_OF="4",
+                    AZURE_CLIENT_ID="cid", AZURE_OPENAI_TOKEN_SCOPE="https://cognitiveservices.azure.us/.default",
+                    AZURE_OPENAI_TIMEOUT="7.5", AZURE_OPENAI_CONNECT_TIMEOUT="2", AZURE_OPENAI_MAX_RETRIES="5",
+                    AZURE_OPENAI_DEADLINE="60", AZURE_OPENAI_MAX_CONCURRENCY="8", AZURE_OPENAI_MAX_CONNECTIONS="4",
+                    AZURE_OPENAI_MAX_RESPONSE_BYTES="70000", AZURE_OPENAI_MAX_COOLDOWN="9", AZURE_OPENAI_API="chat",
+                    COMPLETIONS_MAX_BODY_BYTES="4096", COMPLETIONS_MAX_PROMPTS="2", COMPLETIONS_MAX_TOKENS="50",
+                    COMPLETIONS_MAX_N="3", COMPLETIONS_MAX_BEST_OF="4", COMPLETIONS_MAX_MESSAGES="9",
+                    COMPLETIONS_CHAT_INSTRUCTIONS="Go on.", COMPLETIONS_ADAPT_PARAMETERS="false",
+                    COMPLETIONS_CALLER_KEYS=json.dumps({"team-a": digest}), WEBSITE_AUTH_ENABLED="true",
                     COMPLETIONS_LOG_TEXT="true")
     assert (settings.upstream.api_version, settings.upstream.auth, settings.upstream.api_key,
-            settings.upstream.client_id, settings.upstream.token_scope) == (
-        "2023-05-15", "key", "k", "cid", "api://x/.default")
+            settings.upstream.client_id, settings.upstream.token_scope, settings.upstream.api) == (
+        "2023-05-15", "key", "k", "cid", "https://cognitiveservices.azure.us/.default", "chat")
     assert (settings.retry.read_timeout, settings.retry.connect_timeout, settings.retry.max_retries,
-            settings.retry.deadline, settings.retry.max_concurrency) == (7.5, 2, 5, 60, 8)
+            settings.retry.deadline, settings.retry.max_concurrency, settings.retry.max_connections,
+            settings.retry.max_response_bytes, settings.retry.max_cooldown) == (7.5, 2, 5, 60, 8, 4, 70000, 9)
     assert (settings.limits.max_body_bytes, settings.limits.max_prompts, settings.limits.max_tokens,
-            settings.limits.max_n, settings.limits.max_best_of) == (4096, 2, 50, 3, 4)
-    assert settings.log_text
+            settings.limits.max_n, settings.limits.max_best_of, settings.limits.max_messages) == (4096, 2, 50, 3, 4, 9)
+    assert (settings.chat.instructions, settings.chat.adapt_parameters) == ("Go on.", False)
+    assert settings.callers.keys == {"team-a": bytes.fromhex(digest)} and settings.callers.platform
+    assert settings.backends[0].api == "chat" and settings.log_text
+
+
+def test_an_empty_chat_instruction_sends_none_and_an_absent_one_the_default():
+    assert load(COMPLETIONS_CHAT_INSTRUCTIONS="").chat.instructions == ""
+    assert load().chat.instructions.startswith("Continue the user's text")
+
+
+def test_a_stream_ends_before_the_function_timeout_and_the_front_end_cut():
+    short = load_settings(BASE, function_timeout=lambda: 60.0)
+    assert short.retry.stream_seconds == 54 == short.retry.deadline  # (never shorter than the first chunk may take)
+    assert load_settings(BASE, function_timeout=lambda: None).retry.stream_seconds == 220
 
 
 def test_the_key_never_shows_in_repr():
