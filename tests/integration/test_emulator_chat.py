@@ -458,6 +458,23 @@ def test_a_client_leaving_mid_stream_stops_the_generator_within_a_second(emulato
     assert cut["noticed_within_ms"] < 1000
 
 
+
+def test_openai_028_acreate_abandoned_mid_stream_is_seen_as_cut(emulators):
+    emulators.openai_control.config(stream_chunk_ms=100)
+
+    async def read_three() -> float:
+        stream = await openai.ChatCompletion.acreate(deployment_id=CHAT, messages=MESSAGES, stream=True,
+                                                     **sdk(emulators))
+        async for chunk in stream:
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                break
+        await stream.aclose()  # the SDK's session (and its connection) closes with the generator
+        return time.time()
+
+    left = asyncio.run(read_three())
+    cut = _wait_for(lambda: stats(emulators)["streams_cut"])[0]
+    assert cut["closed_seen_at"] - left < 1.0 and cut["chunks_sent"] < cut["chunks_total"]
+
 # -- the emulator's checks agree with the spec -------------------------------------------
 _CHAT_FIELDS = {
     "n": st.integers(1, 4), "temperature": st.floats(0, 2), "top_p": st.floats(0, 1),
