@@ -102,7 +102,7 @@ def emulators(running_emulators):
 def _reset(emulators: Emulators) -> None:
     emulators.openai_control.reset()
     emulators.openai_control.config(latency_ms=0, content_filter_phrase="trip the content filter", rpm=None, tpm=None,
-                                    quota_window_s=60)
+                                    quota_window_s=60, stream_chunk_ms=0, deployments=None)
     emulators.identity_control.config(token_lifetime=3600, outage=None)
 
 

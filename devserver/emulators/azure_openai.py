@@ -1,15 +1,17 @@
-"""An Azure OpenAI *completions* emulator speaking the data-plane REST protocol.
+"""An Azure OpenAI emulator speaking the data-plane REST protocol: completions and chat completions.
 
-``POST /openai/deployments/{deployment-id}/completions?api-version=...`` as in the
-Azure REST spec (2023-05-15 and 2024-10-21 ``inference.json``): the same auth
-(``api-key`` header, or ``Authorization: Bearer`` with a token from the identity
-emulator), the same validation and error bodies, and spec-valid responses.
+``POST /openai/deployments/{deployment-id}/completions?api-version=...`` and
+``.../chat/completions?api-version=...`` as in the Azure REST spec: the same auth (``api-key``
+header, or ``Authorization: Bearer`` with a token from the identity emulator), the same validation
+and error bodies, spec-valid responses, and streams (``stream: true``) as Azure sends them. Each
+deployment has a kind (``deployments.py``): completions on a chat model, or chat on a completions
+model, is refused as Azure refuses it; reasoning models refuse what they refuse (``chat_request.py``).
 
 Control API on the same server, relied on by tests and benchmarks:
-``POST /_emulator/faults`` (a JSON list, served to the next completion requests
-in order, one each), ``GET /_emulator/stats``, ``POST /_emulator/reset``, and
-``POST /_emulator/config`` (``latency_ms``, ``content_filter_phrase``, and the
-per-minute quotas ``rpm`` / ``tpm``: see ``quota.py``).
+``POST /_emulator/faults`` (a JSON list, served to the next requests in order, one each),
+``GET /_emulator/stats``, ``POST /_emulator/reset``, and ``POST /_emulator/config`` (``GET``: the
+configuration): ``latency_ms``, ``content_filter_phrase``, the per-minute quotas ``rpm`` / ``tpm``
+(``quota.py``), ``stream_chunk_ms`` (the pause between streamed events) and ``deployments``.
 """
 
 from __future__ import annotations
@@ -22,59 +24,43 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from . import chat_answer
 from . import completion_text as textgen
+from .chat_request import text_of, validate_chat
+from .content_filter import choice_results, prompt_results, refusal
 from .control import ControlHandler
+from .deployments import DEFAULT_DEPLOYMENTS, Deployment
+from .deployments import deployment as make_deployment
+from .deployments import updated as updated_deployments
 from .faults import Fault, FaultQueue, Sleeper
 from .httpserver import Server
 from .identity import IdentityState
 from .quota import Quotas, estimate_tokens
+from .streaming import StreamStats, send_stream
 from .tokens import COGNITIVE_SERVICES, TokenSigner
+from .validation import RequestInvalid, check_logit_bias, check_types, loads, stop_sequences
+from .validation import error as _error
 
-DEFAULT_DEPLOYMENTS = {
-    "gpt-35-turbo-instruct": "gpt-35-turbo-instruct",
-    "davinci-002": "davinci-002",
-    "gpt-4o": "gpt-4o",  # a chat model: completions on it fail as on Azure
-}
-CHAT_ONLY_MODELS = {"gpt-4o"}
 CONTEXT_LENGTH = 4097
 DEFAULT_CONTENT_FILTER_PHRASE = "trip the content filter"
 # api-versions this emulator answers; from 2023-06-01-preview on, responses carry
 # content-filter annotations.
 API_VERSIONS = ("2022-12-01", "2023-05-15", "2023-06-01-preview", "2023-12-01-preview",
-                "2024-02-01", "2024-06-01", "2024-10-21", "2025-01-01-preview")
+                "2024-02-01", "2024-06-01", "2024-10-21", "2024-12-01-preview", "2025-01-01-preview",
+                "2025-02-01-preview", "2025-03-01-preview", "2025-04-01-preview")
 FILTER_ANNOTATIONS_SINCE = "2023-06-01-preview"
-ROUTE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/completions/?$")
+ROUTE = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<operation>completions|chat/completions)/?$")
 AUDIENCES = {COGNITIVE_SERVICES, COGNITIVE_SERVICES + "/"}
-
-_SAFE = {"filtered": False, "severity": "safe"}
-_UNDETECTED = {"filtered": False, "detected": False}
-
-
-def _severities(**overrides: dict) -> dict:
-    result = {name: dict(_SAFE) for name in ("hate", "self_harm", "sexual", "violence")}
-    result.update(overrides)
-    return result
-
-
-def _error(code: str, message: str, param: str | None = None,
-           type_: str | None = None, **extra: Any) -> dict:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if param is not None:
-        error["param"] = param
-    if type_ is not None:
-        error["type"] = type_
-    error.update(extra)
-    return {"error": error}
-
-
-class RequestInvalid(Exception):
-    def __init__(self, message: str, param: str | None = None, code: str = "BadRequest"):
-        super().__init__(message)
-        self.body = _error(code, message, param, "invalid_request_error")
+OPERATION_NOT_SUPPORTED = (
+    "The {operation} operation does not work with the specified model, {model}. Please choose different model and "
+    "try again. You can learn more about which models can be used with each operation here: "
+    "https://go.microsoft.com/fwlink/?linkid=2197993.")
+CONFIG_KEYS = ("latency_ms", "content_filter_phrase", "rpm", "tpm", "quota_window_s", "stream_chunk_ms",
+               "deployments")
 
 
 # -- request validation, as the spec's createCompletionRequest says ------------
@@ -87,17 +73,6 @@ _STRINGS = ("suffix", "user", "model")
 KNOWN_FIELDS = {"prompt", "stop", "logit_bias", *_INT_RANGES, *_NUMBER_RANGES, *_BOOLS, *_STRINGS}
 
 
-def _is_finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
-    if low is not None and value < low:
-        raise RequestInvalid(f"{value} is less than the minimum of {low} - '{name}'", name)
-    if high is not None and value > high:
-        raise RequestInvalid(f"{value} is greater than the maximum of {high} - '{name}'", name)
-
-
 def validate_request(body: Any) -> dict:
     """The request with defaults applied, or RequestInvalid as the service words it."""
     if not isinstance(body, dict):
@@ -107,26 +82,7 @@ def validate_request(body: Any) -> dict:
         raise RequestInvalid(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0])
     if "prompt" not in body:
         raise RequestInvalid("'prompt' is a required property", "prompt")
-    for name, (low, high) in _INT_RANGES.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        if type(value) is not int:
-            raise RequestInvalid(f"{json.dumps(value)} is not of type 'integer' - '{name}'", name)
-        _check_range(name, value, low, high)
-    for name, (low, high) in _NUMBER_RANGES.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        if not _is_finite_number(value):
-            raise RequestInvalid(f"{json.dumps(value)} is not of type 'number' - '{name}'", name)
-        _check_range(name, value, low, high)
-    for name in _BOOLS:
-        if body.get(name) is not None and type(body[name]) is not bool:
-            raise RequestInvalid(f"{json.dumps(body[name])} is not of type 'boolean' - '{name}'", name)
-    for name in _STRINGS:
-        if body.get(name) is not None and not isinstance(body[name], str):
-            raise RequestInvalid(f"{json.dumps(body[name])} is not of type 'string' - '{name}'", name)
+    check_types(body, _INT_RANGES, _NUMBER_RANGES, _BOOLS, _STRINGS)
 
     prompt = body["prompt"]
     if prompt is None:
@@ -141,31 +97,8 @@ def validate_request(body: Any) -> dict:
         raise RequestInvalid(f"{json.dumps(prompt)[:60]} is not valid under any of the given schemas - 'prompt'",
                              "prompt")
 
-    stop = body.get("stop")
-    if stop is None:
-        stops: list[str] = []
-    elif isinstance(stop, str):
-        stops = [stop]
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        if not 1 <= len(stop) <= 4:
-            raise RequestInvalid(f"{json.dumps(stop)[:60]} is not valid under any of the given schemas - 'stop'",
-                                 "stop")
-        stops = list(stop)
-    else:
-        raise RequestInvalid(f"{json.dumps(stop)[:60]} is not valid under any of the given schemas - 'stop'", "stop")
-    stops = [s for s in stops if s]
-
-    logit_bias = body.get("logit_bias")
-    if logit_bias is not None:
-        if not isinstance(logit_bias, dict):
-            raise RequestInvalid(f"{json.dumps(logit_bias)[:60]} is not of type 'object' - 'logit_bias'",
-                                 "logit_bias")
-        for token, bias in logit_bias.items():
-            if not token.isdigit():
-                raise RequestInvalid(f"Invalid key in 'logit_bias': {token}.", "logit_bias")
-            if type(bias) is not int or not -100 <= bias <= 100:
-                raise RequestInvalid(f"Invalid value for 'logit_bias': {json.dumps(bias)}; "
-                                     "expected an integer from -100 to 100.", "logit_bias")
+    stops = stop_sequences(body.get("stop"))
+    check_logit_bias(body.get("logit_bias"))
 
     n = body.get("n") or 1
     best_of = body.get("best_of")
@@ -186,21 +119,25 @@ def validate_request(body: Any) -> dict:
 
 # -- state -------------------------------------------------------------------
 class OpenAIState:
-    def __init__(self, *, api_key: str, deployments: dict[str, str], signer: TokenSigner,
+    def __init__(self, *, api_key: str, deployments: dict[str, Deployment], signer: TokenSigner,
                  latency_ms: int, identity: IdentityState | None,
                  content_filter_phrase: str = DEFAULT_CONTENT_FILTER_PHRASE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, stream_chunk_ms: int = 0) -> None:
         self.api_key = api_key
         self.deployments = deployments
         self.signer = signer
         self.latency_ms = latency_ms
+        self.stream_chunk_ms = stream_chunk_ms
         self.identity = identity
         self.content_filter_phrase = content_filter_phrase
         self.faults = FaultQueue()
         self.sleeper = Sleeper()
         self.quotas = Quotas(clock=clock)  # unlimited until configured
+        self.streams = StreamStats()
         self._lock = threading.Lock()
         self.received = 0  # completion requests that arrived (answered or not yet)
+        self.chat_received = 0  # chat completion requests likewise
+        self.by_deployment: Counter[tuple[str, str]] = Counter()  # (deployment, "completions" | "chat")
         self.by_status: Counter[str] = Counter()
         self.auth_modes: Counter[str] = Counter()
         self.bearer_tokens: set[str] = set()
@@ -210,9 +147,13 @@ class OpenAIState:
         with self._lock:
             self.by_status[str(status)] += 1
 
-    def arrived(self) -> None:
+    def arrived(self, deployment: str = "", chat: bool = False) -> None:
         with self._lock:
-            self.received += 1
+            if chat:
+                self.chat_received += 1
+            else:
+                self.received += 1
+            self.by_deployment[deployment, "chat" if chat else "completions"] += 1
 
     def saw(self, auth_mode: str, token: str | None, client_request_id: str | None) -> None:
         with self._lock:
@@ -224,16 +165,24 @@ class OpenAIState:
 
     def snapshot(self) -> dict:
         with self._lock:
+            by_deployment: dict[str, dict[str, int]] = {}
+            for (name, operation), number in sorted(self.by_deployment.items()):
+                by_deployment.setdefault(name, {})[operation] = number
             stats = {
                 "completion_requests": self.received,
+                "chat_requests": self.chat_received,
+                "requests_by_deployment": by_deployment,
                 "requests_by_status": dict(self.by_status),
                 "auth_modes": dict(self.auth_modes),
                 "distinct_bearer_tokens": len(self.bearer_tokens),
                 "last_client_request_id": self.last_client_request_id,
                 "faults_pending": len(self.faults),
                 "latency_ms": self.latency_ms,
+                "stream_chunk_ms": self.stream_chunk_ms,
+                "deployments": {name: d.describe() for name, d in self.deployments.items()},
             }
         stats.update(self.quotas.snapshot())
+        stats.update(self.streams.snapshot())
         if self.identity is not None:
             identity = self.identity.snapshot()
             stats["tokens_issued"] = identity["tokens_issued"]
@@ -241,26 +190,36 @@ class OpenAIState:
         return stats
 
     def configure(self, changes: dict) -> dict:
-        if set(changes) - {"latency_ms", "content_filter_phrase", "rpm", "tpm", "quota_window_s"}:
-            raise ValueError("config takes latency_ms, content_filter_phrase, rpm, tpm and quota_window_s")
+        """Apply ``changes`` (all or nothing; keys left out keep their value); the configuration."""
+        if set(changes) - set(CONFIG_KEYS):
+            raise ValueError(f"config takes {', '.join(CONFIG_KEYS)}")
         latency = changes.get("latency_ms", self.latency_ms)
+        chunk_ms = changes.get("stream_chunk_ms", self.stream_chunk_ms)
         phrase = changes.get("content_filter_phrase", self.content_filter_phrase)
-        if type(latency) is not int or latency < 0:
-            raise ValueError("latency_ms must be an integer >= 0")
+        for name, value in (("latency_ms", latency), ("stream_chunk_ms", chunk_ms)):
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0")
         if not isinstance(phrase, str) or not phrase:
             raise ValueError("content_filter_phrase must be a non-empty string")
+        deployments = (updated_deployments(self.deployments, changes["deployments"]) if "deployments" in changes
+                       else self.deployments)
         self.quotas.set_limits(changes.get("rpm", self.quotas.rpm), changes.get("tpm", self.quotas.tpm),
                                changes.get("quota_window_s"))
-        self.latency_ms, self.content_filter_phrase = latency, phrase
+        self.latency_ms, self.stream_chunk_ms, self.content_filter_phrase = latency, chunk_ms, phrase
+        self.deployments = deployments
         return {"latency_ms": latency, "content_filter_phrase": phrase, "rpm": self.quotas.rpm,
-                "tpm": self.quotas.tpm, "quota_window_s": self.quotas.window}
+                "tpm": self.quotas.tpm, "quota_window_s": self.quotas.window, "stream_chunk_ms": chunk_ms,
+                "deployments": {name: d.describe() for name, d in deployments.items()}}
 
     def reset(self) -> None:
         self.faults.clear()
         self.sleeper.interrupt()
         self.quotas.reset()
+        self.streams.reset()
         with self._lock:
             self.received = 0
+            self.chat_received = 0
+            self.by_deployment.clear()
             self.by_status.clear()
             self.auth_modes.clear()
             self.bearer_tokens.clear()
@@ -312,7 +271,7 @@ class OpenAIHandler(ControlHandler):
         route = ROUTE.match(url.path)
         if route is None:
             return self._not_found()
-        self._completions(unquote(route["deployment"]), parse_qs(url.query))
+        self._operation(unquote(route["deployment"]), parse_qs(url.query), chat=route["operation"] != "completions")
 
     def _not_found(self) -> None:
         self.send_json(404, _error("404", "Resource not found"))
@@ -323,11 +282,13 @@ class OpenAIHandler(ControlHandler):
         all_headers.update(headers or {})
         self.send_json(status, payload, all_headers)
 
-    # -- the completions operation ----------------------------------------
+    # -- what both operations share ----------------------------------------------
     quota_headers: dict[str, str] = {}  # x-ratelimit-remaining-* for this request's answer, once known
+    stream_fault: Fault | None = None  # this request's mid-stream fault, if it streams
 
-    def _completions(self, deployment: str, query: dict[str, list[str]]) -> None:
-        self.state.arrived()
+    def _operation(self, name: str, query: dict[str, list[str]], chat: bool) -> None:
+        """Framing, injected faults, auth, api-version and deployment, then the operation."""
+        self.state.arrived(name, chat)
         self.drip = None
         self.quota_headers = {}
         try:
@@ -336,8 +297,10 @@ class OpenAIHandler(ControlHandler):
             self.close_connection = True
             return self._reply(400, _error("BadRequest", "Invalid request body framing."))
         fault, over = self.take_fault()
-        if over or (fault is not None and self._serve_fault(fault, query)):
+        if over or (fault is not None and self._serve_fault(fault, query, "ChatCompletions_Create" if chat
+                                                            else "Completions_Create")):
             return
+        self.stream_fault = fault if fault is not None and fault.stream else None
 
         auth_error = self._authenticate()
         if auth_error is not None:
@@ -347,13 +310,49 @@ class OpenAIHandler(ControlHandler):
             return self._reply(404, _error("404", "Resource not found"))
         if api_version not in API_VERSIONS:
             return self._reply(400, _error("BadRequest", "API version not supported"))
-        model = self.state.deployments.get(deployment)
-        if model is None:
+        deployment = self.state.deployments.get(name)
+        if deployment is None:
             return self._reply(404, _error(
                 "DeploymentNotFound",
                 "The API deployment for this resource does not exist. If you created the deployment "
                 "within the last 5 minutes, please wait a moment and try again."))
-        self.quota_headers = self.state.quotas.peek(deployment).headers()
+        self.quota_headers = self.state.quotas.peek(name).headers()
+        if chat:
+            return self._chat(deployment, raw_body, api_version)
+        self._completions(deployment, raw_body, api_version)
+
+    def _admit(self, deployment: Deployment, estimate: int, api_version: str, operation: str) -> bool:
+        """Count the request against the deployment's quota, then wait the configured latency;
+        False when it was answered (429) or abandoned (a reset during the wait)."""
+        admission = self.state.quotas.admit(deployment.name, estimate)
+        self.quota_headers = admission.headers()
+        if not admission.admitted:
+            self._reply(429, admission.body(api_version, operation))
+            return False
+        if not self.state.sleeper.sleep(self.state.latency_ms / 1000):
+            self.drop_connection()
+            return False
+        return True
+
+    def _not_supported(self, operation: str, deployment: Deployment) -> None:
+        self._reply(400, _error("OperationNotSupported",
+                                OPERATION_NOT_SUPPORTED.format(operation=operation, model=deployment.model)))
+
+    def _filtered(self, texts: list[str]) -> bool:
+        phrase = self.state.content_filter_phrase.lower()
+        return any(phrase in text.lower() for text in texts)
+
+    def _stream(self, events: list[dict], deployment: Deployment, operation: str) -> None:
+        self.state.count(200)
+        generation = self.state.sleeper.generation
+        send_stream(self, events, headers={"apim-request-id": str(uuid.uuid4()), "x-ms-region": "Emulator",
+                                           "Cache-Control": "no-cache", **self.quota_headers},
+                    interval=self.state.stream_chunk_ms / 1000, stats=self.state.streams,
+                    alive=lambda: self.state.sleeper.generation == generation,
+                    info={"operation": operation, "deployment": deployment.name}, fault=self.stream_fault)
+
+    # -- the completions operation ----------------------------------------
+    def _completions(self, deployment: Deployment, raw_body: bytes, api_version: str) -> None:
         try:
             request = validate_request(json.loads(raw_body))
         except ValueError:
@@ -361,20 +360,12 @@ class OpenAIHandler(ControlHandler):
                                            None, "invalid_request_error"))
         except RequestInvalid as exc:
             return self._reply(400, exc.body)
-        if model in CHAT_ONLY_MODELS:
-            return self._reply(400, _error(
-                "OperationNotSupported",
-                f"The completion operation does not work with the specified model, {model}. "
-                "Please choose different model and try again."))
+        if deployment.is_chat:
+            return self._not_supported("completion", deployment)
         estimate = estimate_tokens([textgen.count_tokens(p) for p in request["prompts"]],
                                    request["max_tokens"], request["best_of"])
-        admission = self.state.quotas.admit(deployment, estimate)
-        self.quota_headers = admission.headers()
-        if not admission.admitted:
-            return self._reply(429, admission.body(api_version))
-
-        if not self.state.sleeper.sleep(self.state.latency_ms / 1000):
-            return self.drop_connection()
+        if not self._admit(deployment, estimate, api_version, "Completions_Create"):
+            return
         requested = max(textgen.count_tokens(p) for p in request["prompts"]) + request["max_tokens"]
         if requested > CONTEXT_LENGTH:
             return self._reply(400, _error(
@@ -382,16 +373,46 @@ class OpenAIHandler(ControlHandler):
                 f"This model's maximum context length is {CONTEXT_LENGTH} tokens, however you requested "
                 f"{requested} tokens. Please reduce your prompt; or completion length.",
                 "prompt", "invalid_request_error"))
-        if any(self.state.content_filter_phrase.lower() in p.lower() for p in request["prompts"]):
-            return self._reply(400, self._content_filter_error())
+        if self._filtered(request["prompts"]):
+            return self._reply(400, refusal())
 
         annotated = api_version >= FILTER_ANNOTATIONS_SINCE
-        response = self._complete(model, request, annotated)
+        response = self._complete(deployment.reported_model, request, annotated)
         if request["stream"]:
-            return self._stream(response, annotated)
+            return self._stream(self._completion_events(response, annotated), deployment, "completions")
         self._reply(200, response)
 
-    def _serve_fault(self, fault: Fault, query: dict) -> bool:
+    # -- the chat completions operation ---------------------------------------
+    def _chat(self, deployment: Deployment, raw_body: bytes, api_version: str) -> None:
+        if not deployment.is_chat:
+            return self._not_supported("chatCompletion", deployment)
+        try:
+            request = validate_chat(loads(raw_body), deployment, api_version)
+        except ValueError:
+            return self._reply(400, _error("BadRequest", "We could not parse the JSON body of your request.",
+                                           None, "invalid_request_error"))
+        except RequestInvalid as exc:
+            return self._reply(400, exc.body)
+        limit = request["max_tokens"]
+        estimate = estimate_tokens([request["prompt_tokens"]], 16 if limit is None else limit, request["n"])
+        if not self._admit(deployment, estimate, api_version, "ChatCompletions_Create"):
+            return
+        requested = request["prompt_tokens"] + (limit or 0)
+        if requested > deployment.context_length:
+            return self._reply(400, _error(
+                "context_length_exceeded",
+                f"This model's maximum context length is {deployment.context_length} tokens. However, you "
+                f"requested {requested} tokens ({request['prompt_tokens']} in the messages, {limit or 0} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                "messages", "invalid_request_error"))
+        if self._filtered([text_of(m.get("content")) for m in request["messages"]]):
+            return self._reply(400, refusal())
+        answer = chat_answer.answer(request, deployment, api_version >= FILTER_ANNOTATIONS_SINCE)
+        if request["stream"]:
+            return self._stream(answer.chunks(request["include_usage"]), deployment, "chat")
+        self._reply(200, answer.response())
+
+    def _serve_fault(self, fault: Fault, query: dict, operation: str) -> bool:
         """Answer with an injected fault (its drop and delay already applied); False when the
         request should then be answered normally."""
         if fault.drip_ms:
@@ -417,7 +438,7 @@ class OpenAIHandler(ControlHandler):
         if status == 429:
             wait = fault.retry_after if fault.retry_after is not None else 1
             version = query.get("api-version", ["?"])[0]
-            body = _error("429", f"Requests to the Completions_Create Operation under Azure OpenAI API "
+            body = _error("429", f"Requests to the {operation} Operation under Azure OpenAI API "
                                  f"version {version} have exceeded token rate limit of your current OpenAI "
                                  f"S0 pricing tier. Please retry after {math.ceil(wait)} second.")
             headers.setdefault("x-ratelimit-remaining-requests", "0")
@@ -452,18 +473,6 @@ class OpenAIHandler(ControlHandler):
         return _error("401", "Access denied due to missing subscription key. Make sure to include subscription "
                              "key when making requests to an API.")
 
-    def _content_filter_error(self) -> dict:
-        return _error(
-            "content_filter",
-            "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. "
-            "Please modify your prompt and retry. To learn more about our content filtering policies please read "
-            "our documentation: https://go.microsoft.com/fwlink/?linkid=2198766",
-            "prompt", "invalid_request_error", status=400,
-            innererror={"code": "ResponsibleAIPolicyViolation",
-                        "content_filter_result": _severities(
-                            violence={"filtered": True, "severity": "high"},
-                            jailbreak=dict(_UNDETECTED))})
-
     def _complete(self, model: str, request: dict, annotated: bool) -> dict:
         choices = []
         completion_tokens = 0
@@ -489,7 +498,7 @@ class OpenAIHandler(ControlHandler):
                                  else textgen.logprobs_for(tokens, offset, request["logprobs"])),
                 }
                 if annotated:
-                    choice["content_filter_results"] = _severities()
+                    choice["content_filter_results"] = choice_results()
                 choices.append(choice)
         prompt_tokens = sum(max(1, textgen.count_tokens(p)) for p in request["prompts"])
         response: dict[str, Any] = {
@@ -499,17 +508,19 @@ class OpenAIHandler(ControlHandler):
                       "total_tokens": prompt_tokens + completion_tokens},
         }
         if annotated:
-            response["prompt_filter_results"] = [
-                {"prompt_index": i, "content_filter_results": _severities(jailbreak=dict(_UNDETECTED))}
-                for i in range(len(request["prompts"]))]
+            response["prompt_filter_results"] = prompt_results(len(request["prompts"]))
         return response
 
-    def _stream(self, response: dict, annotated: bool) -> None:
-        """Server-sent events, one per token, ending with ``data: [DONE]``."""
+    @staticmethod
+    def _completion_events(response: dict, annotated: bool) -> list[dict]:
+        """A completion as stream events, one per token: Azure's prompt annotation first (id, object
+        and model empty, as Azure sends it), then ``text_completion`` chunks, the last of each
+        choice with its ``finish_reason``."""
         head = {k: response[k] for k in ("id", "object", "created", "model")}
         events = []
         if annotated:
-            events.append({**head, "choices": [], "prompt_filter_results": response["prompt_filter_results"]})
+            events.append({"id": "", "object": "", "created": 0, "model": "", "choices": [],
+                           "prompt_filter_results": response["prompt_filter_results"]})
         for choice in response["choices"]:
             for token in textgen.tokens_of(choice["text"]):
                 events.append({**head, "choices": [{"text": token, "index": choice["index"],
@@ -519,25 +530,25 @@ class OpenAIHandler(ControlHandler):
             if annotated:
                 final["content_filter_results"] = choice["content_filter_results"]
             events.append({**head, "choices": [final]})
-        body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-        self.state.count(200)
-        self.send(200, body.encode(), "text/event-stream", {"apim-request-id": str(uuid.uuid4()),
-                                                             "Cache-Control": "no-cache", **self.quota_headers})
+        return events
 
 
 class OpenAIServer(Server):
-    """The completions emulator on its own port; ``endpoint`` is what
+    """The Azure OpenAI emulator on its own port; ``endpoint`` is what
     ``AZURE_OPENAI_ENDPOINT`` must hold."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None,
-                 deployments: dict[str, str] | None = None, signer: TokenSigner | None = None,
-                 latency_ms: int = 0, identity: IdentityState | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """``clock`` (monotonic seconds) times the quota windows; tests pass their own."""
+                 deployments: Mapping[str, str | Deployment | dict] | None = None,
+                 signer: TokenSigner | None = None, latency_ms: int = 0, identity: IdentityState | None = None,
+                 clock: Callable[[], float] = time.monotonic, stream_chunk_ms: int = 0) -> None:
+        """``clock`` (monotonic seconds) times the quota windows; tests pass their own. ``deployments``
+        maps names to a model name (its kind guessed), a ``Deployment`` or ``{"kind", "model", "version"}``."""
+        chosen = DEFAULT_DEPLOYMENTS if deployments is None else {
+            name: make_deployment(name, spec) for name, spec in deployments.items()}
         self.state = OpenAIState(
-            api_key=api_key or secrets.token_hex(16), deployments=dict(deployments or DEFAULT_DEPLOYMENTS),
+            api_key=api_key or secrets.token_hex(16), deployments=dict(chosen),
             signer=signer or (identity.signer if identity else TokenSigner()), latency_ms=latency_ms,
-            identity=identity, clock=clock)
+            identity=identity, clock=clock, stream_chunk_ms=stream_chunk_ms)
         handler = type("BoundOpenAIHandler", (OpenAIHandler,), {"state": self.state})
         super().__init__((host, port), handler)
 

@@ -1,7 +1,7 @@
 """The control API both emulators serve on their own port (tests and benchmarks rely on it).
 
 ``POST /_emulator/faults`` (a JSON list, served to the next requests in order,
-one each), ``POST /_emulator/config``, ``GET /_emulator/stats``,
+one each), ``POST /_emulator/config`` (``GET``: the configuration), ``GET /_emulator/stats``,
 ``POST /_emulator/reset``. Each emulator's state says what its config accepts
 and what its stats hold.
 """
@@ -57,6 +57,8 @@ class ControlHandler(Handler):
         if self.command == "GET" and path == "/_emulator/stats":
             return self.send_json(200, {**self.state.snapshot(),
                                         "connections_accepted": self.server.connections_accepted})
+        if self.command == "GET" and path == "/_emulator/config":
+            return self.send_json(200, self.state.configure({}))  # no changes: the configuration as it is
         if self.command != "POST":
             return self.send_json(404, {"error": "unknown control endpoint"})
         try:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _KEYS = {"status", "retry_after", "retry_after_ms", "delay_ms", "drop", "raw", "raw_base64", "headers",
-         "drip_ms", "size", "chunked"}
+         "drip_ms", "size", "chunked", "stream", "after_chunks"}
+STREAM_FAULTS = ("stall", "drop", "error")
 MAX_SIZE = 1024 ** 3
 
 
@@ -23,7 +24,10 @@ class Fault:
     answering; ``headers`` adds response headers (a ``Location`` for a redirect, say);
     ``drip_ms`` sends the whole answer one byte every that many milliseconds;
     ``size`` answers 200 with a JSON body of that many bytes (``chunked``: without a
-    Content-Length), for response-size limits."""
+    Content-Length), for response-size limits. ``stream`` misbehaves in the middle of a streamed
+    answer (``stream: true`` requests only), after ``after_chunks`` events: ``stall`` (sends nothing
+    more, holding the connection until the client leaves), ``drop`` (resets the TCP connection) or
+    ``error`` (one ``data: {"error": ...}`` event, then the end of the stream)."""
 
     status: int | None = None
     retry_after: float | None = None
@@ -35,6 +39,8 @@ class Fault:
     drip_ms: int = 0
     size: int | None = None
     chunked: bool = False
+    stream: str | None = None
+    after_chunks: int = 0
 
     @classmethod
     def parse(cls, spec: Any) -> Fault:
@@ -82,10 +88,16 @@ class Fault:
         chunked = spec.get("chunked", False)
         if type(chunked) is not bool:
             raise ValueError("chunked must be a boolean")
-        if status is None and not (drop or delay_ms or drip_ms or size) and raw_bytes is None:
-            raise ValueError("a fault needs status, delay_ms, drop, raw, drip_ms or size")
+        stream = spec.get("stream")
+        if stream is not None and stream not in STREAM_FAULTS:
+            raise ValueError(f"stream must be one of {list(STREAM_FAULTS)}")
+        after_chunks = spec.get("after_chunks", 0)
+        if type(after_chunks) is not int or after_chunks < 0:
+            raise ValueError("after_chunks must be a non-negative integer")
+        if status is None and not (drop or delay_ms or drip_ms or size or stream) and raw_bytes is None:
+            raise ValueError("a fault needs status, delay_ms, drop, raw, drip_ms, size or stream")
         return cls(status, retry_after, retry_after_ms, delay_ms, drop, raw_bytes, dict(headers), drip_ms, size,
-                   chunked)
+                   chunked, stream, after_chunks)
 
 
 class FaultQueue:
@@ -130,6 +142,11 @@ class Sleeper:
         if seconds > 0:
             wake.wait(seconds)
         return generation == self._generation
+
+    @property
+    def generation(self) -> int:
+        """Changes at every interrupt: work started under one generation stops when it changes."""
+        return self._generation
 
     def interrupt(self) -> None:
         with self._lock:

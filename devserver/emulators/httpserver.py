@@ -132,7 +132,7 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile.readline(3)
 
     # -- response ----------------------------------------------------------
-    def _head(self, status: int, content_type: str | None, headers: Mapping[str, str] | None,
+    def head(self, status: int, content_type: str | None, headers: Mapping[str, str] | None,
               length: int | None) -> bytes:
         try:
             reason = HTTPStatus(status).phrase
@@ -159,14 +159,14 @@ class Handler(BaseHTTPRequestHandler):
             interval, sleep = self.drip
             self.drip = None
             return self.send_dripping(status, body, content_type, headers, interval, sleep)
-        head = self._head(status, content_type, headers, len(body))
+        head = self.head(status, content_type, headers, len(body))
         self.wfile.write(head + (b"" if self.command == "HEAD" else body))
 
     def send_stream(self, status: int, pieces: Iterable[bytes], content_type: str | None = None,
                     headers: Mapping[str, str] | None = None, *, length: int | None = None) -> None:
         """Write a body as it is produced: with ``length``, as a Content-Length body; without,
         chunked (RFC 9112 7.1)."""
-        self.wfile.write(self._head(status, content_type, headers, length))
+        self.wfile.write(self.head(status, content_type, headers, length))
         for piece in pieces:
             if piece:
                 self.wfile.write(piece if length is not None else b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -177,7 +177,7 @@ class Handler(BaseHTTPRequestHandler):
                       interval: float, sleep: Callable[[float], bool]) -> None:
         """The whole answer, status line included, one byte every ``interval`` seconds
         (a slow-drip upstream); stops when ``sleep`` says so or the client leaves."""
-        data = self._head(status, content_type, headers, len(body)) + body
+        data = self.head(status, content_type, headers, len(body)) + body
         for index in range(len(data)):
             self.wfile.write(data[index:index + 1])
             self.wfile.flush()

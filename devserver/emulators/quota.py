@@ -50,11 +50,11 @@ class Admission(NamedTuple):
         return headers
 
 
-    def body(self, api_version: str) -> dict:
+    def body(self, api_version: str, operation: str = "Completions_Create") -> dict:
         """The service's 429 body for a request over the deployment's RPM or TPM limit."""
         limit = "token rate limit" if "tpm" in self.exceeded else "call rate limit"
         return {"error": {"code": "429", "message": (
-            f"Requests to the Completions_Create Operation under Azure OpenAI API version {api_version} have "
+            f"Requests to the {operation} Operation under Azure OpenAI API version {api_version} have "
             f"exceeded {limit} of your current OpenAI S0 pricing tier. Please retry after "
             f"{max(1, math.ceil(self.retry_after))} seconds. Please go here: https://aka.ms/oai/quotaincrease "
             "if you would like to further increase the default rate limit.")}}

@@ -8,6 +8,7 @@ From Python (tests, the dev host, benchmarks)::
 From the command line (an interface other tools rely on; keep it stable)::
 
     python -m devserver.emulators [--host 127.0.0.1] [--port 0] [--latency-ms N] [--token-lifetime S]
+                                  [--stream-chunk-ms N] [--deployment NAME=KIND:MODEL[:VERSION] ...]
 
 prints one line of JSON once both accept connections, then serves until interrupted.
 """
@@ -24,8 +25,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .azure_openai import DEFAULT_DEPLOYMENTS, OpenAIServer
+from .azure_openai import OpenAIServer
 from .control_client import EmulatorControl
+from .deployments import DEFAULT_DEPLOYMENTS, Deployment, parse_cli
 from .identity import DEFAULT_TOKEN_LIFETIME, IdentityServer
 from .tokens import TokenSigner
 
@@ -40,7 +42,8 @@ class Emulators:
     @classmethod
     def start(cls, host: str = "127.0.0.1", port: int = 0, *, latency_ms: int = 0,
               token_lifetime: float = DEFAULT_TOKEN_LIFETIME, api_key: str | None = None,
-              token_secret: str | None = None, only: str | None = None) -> Emulators:
+              token_secret: str | None = None, only: str | None = None, stream_chunk_ms: int = 0,
+              deployments: dict[str, Deployment] | None = None) -> Emulators:
         """Both servers (or ``only`` one), serving on daemon threads. ``port`` is the
         OpenAI emulator's; the identity endpoint takes any free port."""
         signer = TokenSigner(token_secret)
@@ -50,7 +53,8 @@ class Emulators:
                                       token_lifetime=token_lifetime).start()
         if only in (None, "openai"):
             openai = OpenAIServer(host, port, api_key=api_key, signer=signer, latency_ms=latency_ms,
-                                  identity=identity.state if identity else None).start()
+                                  identity=identity.state if identity else None, stream_chunk_ms=stream_chunk_ms,
+                                  deployments=deployments).start()
         return cls(openai, identity)
 
     @property
@@ -78,6 +82,7 @@ class Emulators:
         """The JSON line the command line prints."""
         out: dict = {}
         if self.openai is not None:
+            # Kinds and models: GET /_emulator/config (this line's keys stay as they are).
             out.update(endpoint=self.openai.endpoint, api_key=self.openai.api_key,
                        deployments=list(self.openai.state.deployments))
         if self.identity is not None:
@@ -142,13 +147,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="signing secret shared with an emulator in another process")
     parser.add_argument("--only", choices=("openai", "identity"), default=None,
                         help="start just one of the two")
+    parser.add_argument("--stream-chunk-ms", type=int, default=0, help="pause between streamed events")
+    parser.add_argument("--deployment", action="append", default=[], metavar="NAME=KIND:MODEL[:VERSION]",
+                        help="add or replace a deployment (kind: completions, chat or reasoning); repeatable")
     args = parser.parse_args(argv)
+    try:
+        added = [parse_cli(value) for value in args.deployment]
+    except ValueError as exc:
+        parser.error(str(exc))
+    deployments = {**DEFAULT_DEPLOYMENTS, **{d.name: d for d in added}}
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C included: stop cleanly, whenever it comes
         signal.signal(signum, lambda *_: stopped.set())
     emulators = Emulators.start(args.host, args.port, latency_ms=args.latency_ms,
                                 token_lifetime=args.token_lifetime, api_key=args.api_key,
-                                token_secret=args.token_secret, only=args.only)
+                                token_secret=args.token_secret, only=args.only,
+                                stream_chunk_ms=args.stream_chunk_ms, deployments=deployments)
     print(json.dumps(emulators.describe()), flush=True)
     stopped.wait()
     emulators.stop()
