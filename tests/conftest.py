@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from devserver.emulators import Emulators  # noqa: E402
+from devserver.emulators.runner import LEGACY_DEPLOYMENT  # noqa: E402
 from support.app_client import LOOP, SkippingClock  # noqa: E402
 
 # -- nothing but loopback -------------------------------------------------------
@@ -118,7 +119,10 @@ def configure_app(emulators, monkeypatch, clock):
     """Configure the app from settings, as the Functions host would (environment
     variables), and install the resulting service in function_app for this test.
     ``configure_app(auth="key", AZURE_OPENAI_MAX_RETRIES="0", NAME=None)``; None unsets.
-    The services made are closed (their connections on the app loop) after the test."""
+    The services made are closed (their connections on the app loop) after the test.
+    By default the app calls the emulator's legacy completions deployment with the
+    completions API (what the resilience, pool and token tests were written for); the chat
+    tests name their deployment, or ``AZURE_OPENAI_API=None`` for ``auto``."""
     import function_app
     from shared.service import CompletionService
     from support.app_client import SETTING_NAMES
@@ -128,7 +132,8 @@ def configure_app(emulators, monkeypatch, clock):
     def configure(auth: str | None = "managed_identity", **settings: str | None) -> CompletionService:
         for name in SETTING_NAMES:
             monkeypatch.delenv(name, raising=False)
-        values: dict[str, str | None] = dict(emulators.app_settings(auth=auth or "managed_identity"))
+        values: dict[str, str | None] = dict(emulators.app_settings(
+            auth=auth or "managed_identity", deployment=LEGACY_DEPLOYMENT, api="completions"))
         if auth is None:
             values.pop("AZURE_OPENAI_AUTH")
         values.update(settings)

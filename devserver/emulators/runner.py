@@ -31,7 +31,8 @@ from .deployments import DEFAULT_DEPLOYMENTS, Deployment, parse_cli
 from .identity import DEFAULT_TOKEN_LIFETIME, IdentityServer
 from .tokens import TokenSigner
 
-DEFAULT_DEPLOYMENT = "gpt-35-turbo-instruct"
+DEFAULT_DEPLOYMENT = "gpt-4.1-mini"  # a chat model: what make run serves
+LEGACY_DEPLOYMENT = "gpt-35-turbo-instruct"  # the retired completions model, for the completions API itself
 
 
 @dataclass
@@ -89,11 +90,14 @@ class Emulators:
             out.update(identity_endpoint=self.identity.endpoint, identity_header=self.identity.header)
         return out
 
-    def app_settings(self, auth: str = "managed_identity", deployment: str = DEFAULT_DEPLOYMENT) -> dict[str, str]:
-        """Application settings pointing the app at these emulators."""
+    def app_settings(self, auth: str = "managed_identity", deployment: str = DEFAULT_DEPLOYMENT,
+                     api: str | None = None) -> dict[str, str]:
+        """Application settings pointing the app at these emulators (``api``: AZURE_OPENAI_API)."""
         assert self.openai is not None
         settings = {"AZURE_OPENAI_ENDPOINT": self.openai.endpoint, "AZURE_OPENAI_DEPLOYMENT": deployment,
                     "AZURE_OPENAI_AUTH": auth}
+        if api is not None:
+            settings["AZURE_OPENAI_API"] = api
         if auth == "key":
             settings["AZURE_OPENAI_API_KEY"] = self.openai.api_key
         elif self.identity is not None:
@@ -114,9 +118,12 @@ class EmulatorProcess:
         self.openai_control = EmulatorControl(self.info["endpoint"])
         self.identity_control = EmulatorControl(self.info["identity_endpoint"].rsplit("/msi/", 1)[0])
 
-    def app_settings(self, auth: str = "managed_identity", deployment: str = DEFAULT_DEPLOYMENT) -> dict[str, str]:
+    def app_settings(self, auth: str = "managed_identity", deployment: str = DEFAULT_DEPLOYMENT,
+                     api: str | None = None) -> dict[str, str]:
         settings = {"AZURE_OPENAI_ENDPOINT": self.info["endpoint"], "AZURE_OPENAI_DEPLOYMENT": deployment,
                     "AZURE_OPENAI_AUTH": auth}
+        if api is not None:
+            settings["AZURE_OPENAI_API"] = api
         if auth == "key":
             settings["AZURE_OPENAI_API_KEY"] = self.info["api_key"]
         else:

@@ -156,11 +156,11 @@ class DevHost:
     keys: FunctionKeys
     host: str = "127.0.0.1"
     port: int = 7071
-    cors: tuple[str, ...] = ()  # origins whose browser requests are allowed (--cors, Host.CORS)
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     unserved: dict[str, str] = field(default_factory=dict)
     listeners: dict[str, QueueListener] = field(default_factory=dict)
+    cors: tuple[str, ...] = ()  # origins whose browser requests are allowed (--cors, Host.CORS)
 
     async def start(self) -> None:
         """Serve; whatever started is stopped again when a later step fails (a port already taken,

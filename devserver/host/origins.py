@@ -64,7 +64,7 @@ class Origins:
         if self._bound in WILDCARDS:
             return True
         name, port = _split(host)
-        if port != self.port:
+        if port is not None and port != self.port:
             return False
         return name == self._bound or name in LOOPBACK_NAMES and _is_loopback(self._bound)
 
@@ -73,14 +73,15 @@ class Origins:
         return origin == f"http://{host}".lower() or "*" in self._allowed or origin in self._allowed
 
 
-def _split(host: str) -> tuple[str, int]:
+def _split(host: str) -> tuple[str, int | None]:
+    """(name, port), the port None when the Host names none (raw HTTP clients often send just the name)."""
     host = host.strip().lower()
     if host.startswith("["):
         name, _, rest = host[1:].partition("]")
         port = rest.removeprefix(":")
     else:
         name, _, port = host.partition(":")
-    return name, int(port) if port.isdigit() else 80
+    return name, (int(port) if port.isdigit() else -1) if port else None
 
 
 def _is_loopback(address: str) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 AUTH_MODES = ("managed_identity", "default", "key")
 STORE_AUTH_MODES = ("managed_identity", "default")
 API_KINDS = ("auto", "chat", "completions")
-DEFAULT_API_VERSION = "2024-10-21"
+DEFAULT_API_VERSION = "2025-04-01-preview"  # the latest dated version: reasoning models need it (docs/design.md)
 DEFAULT_TOKEN_SCOPE = "https://cognitiveservices.azure.com/.default"
 MIB = 1024 * 1024
 

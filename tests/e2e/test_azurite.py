@@ -32,12 +32,16 @@ from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 import function_app
+from devserver.emulators.runner import LEGACY_DEPLOYMENT
 from devserver.host.storage import DEV_ACCOUNT_KEY, answers
 from devserver.tools.enqueue import enqueue
 from devserver.tools.results import read_results, wait_for_result
 from support.app_client import LOOP, SEED
 from support.devhost_process import DevHostProcess
 from support.triggers import Out
+
+HTTP_FUNCTIONS = {"completions", "chat_completions", "azure_completions", "azure_chat_completions", "v1_completions",
+                  "v1_chat_completions", "v1_models", "v1_model", "azure_models", "azure_model", "health"}
 
 ROOT = Path(__file__).resolve().parents[2]
 AZURITE_QUEUE = ROOT / "devserver" / "azurite" / "node_modules" / ".bin" / "azurite-queue"
@@ -119,7 +123,8 @@ def stack(azurite, running_emulators, tmp_path_factory):
     path = tmp_path_factory.mktemp("stack") / "host.json"
     path.write_text(json.dumps(host_json))
     host = DevHostProcess("--host-json", str(path), env={
-        **running_emulators.app_settings(), "AzureWebJobsStorage": azurite, "AZURE_OPENAI_MAX_RETRIES": "0"})
+        **running_emulators.app_settings(deployment=LEGACY_DEPLOYMENT, api="completions"),
+        "AzureWebJobsStorage": azurite, "AZURE_OPENAI_MAX_RETRIES": "0"})
     yield host
     assert host.stop() == 0
 
@@ -136,7 +141,7 @@ def deliveries(host: DevHostProcess, message_id: str, count: int, timeout: float
 
 
 def test_every_function_is_served_and_its_queues_created(stack, azurite, declared_functions):
-    assert set(stack.routes()) == {"completions", "health"}
+    assert set(stack.routes()) == HTTP_FUNCTIONS
     webhook = f"{stack.url}/runtime/webhooks/EventGrid?functionName=completion_from_event_grid"
     assert stack.served() == {
         "completion_from_queue": f"queueTrigger: queue '{REQUESTS}' (AzureWebJobsStorage)",

@@ -461,8 +461,10 @@ def test_queue_output_values_become_messages():
 
 def test_every_function_of_the_app_can_be_served(declared_functions):
     functions = {f.name: f for f in index(declared_functions.values())}
+    http = ("completions", "chat_completions", "azure_completions", "azure_chat_completions", "v1_completions",
+            "v1_chat_completions", "v1_models", "v1_model", "azure_models", "azure_model", "health")
     assert {name: f.trigger_type for name, f in functions.items()} == {
-        "completions": "httpTrigger", "health": "httpTrigger", "completion_from_queue": "queueTrigger",
+        **dict.fromkeys(http, "httpTrigger"), "completion_from_queue": "queueTrigger",
         "completion_poisoned": "queueTrigger", "completion_from_event_grid": "eventGridTrigger"}
     assert {name: f.unserved_reason() for name, f in functions.items()} == dict.fromkeys(functions)
     assert functions["completion_from_queue"].queue_names() == {"completion-requests", "completion-results"}

@@ -89,10 +89,13 @@ def test_runtime_requirements_are_pinned():
              if line.strip() and not line.startswith("#")]
     assert {line.split("==")[0] for line in lines} == {
         "aiohttp", "azure-functions", "azure-identity", "openai", "requests",
-        # settings from App Configuration (shared/appconfig.py): the provider, the client whose
+        # streaming: the Functions streaming extension and what it brings (FastAPI on uvicorn)
+        "azurefunctions-extensions-http-fastapi", "azurefunctions-extensions-base", "fastapi", "starlette",
+        "uvicorn", "pydantic",
+        # settings from App Configuration (shared/config/appconfig.py): the provider, the client whose
         # wire behaviour it relies on, and Key Vault for references
         "azure-appconfiguration-provider", "azure-appconfiguration", "azure-keyvault-secrets",
-        # telemetry, imported only when a switch is set (shared/telemetry.py)
+        # telemetry, imported only when a switch is set (shared/telemetry/switches.py)
         "azure-monitor-opentelemetry", "opentelemetry-api", "opentelemetry-sdk",
         "opentelemetry-exporter-otlp-proto-http"}
     assert all("==" in line for line in lines)

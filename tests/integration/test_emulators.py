@@ -14,9 +14,10 @@ import pytest
 import requests
 from azure.identity import ManagedIdentityCredential
 
-from devserver.emulators import DEFAULT_DEPLOYMENT, Emulators
+from devserver.emulators import Emulators
 from devserver.emulators.azure_openai import OpenAIServer
 from devserver.emulators.identity import SYSTEM_ASSIGNED_CLIENT_ID
+from devserver.emulators.runner import LEGACY_DEPLOYMENT as DEFAULT_DEPLOYMENT
 from devserver.emulators.tokens import TokenSigner
 from support import spec
 

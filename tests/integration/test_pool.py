@@ -149,7 +149,8 @@ def test_the_callers_own_errors_do_not_fail_over(pool, regions, body):
 
 
 def test_a_misconfigured_backend_is_skipped_and_reported_once(pool, regions, caplog):
-    pool({"name": "east", "priority": 1, "deployment": "no-such-deployment"}, {"name": "west", "priority": 2})
+    pool({"name": "east", "priority": 1, "deployment": "no-such-deployment", "model": "gpt-35-turbo-instruct"},
+         {"name": "west", "priority": 2})
     with caplog.at_level(logging.WARNING):
         assert [post_completions(SEED).body["backend"] for _ in range(5)] == ["west"] * 5
     assert served(regions)["east"] == 1  # (concurrent requests sent before its first 404 answered would try it too)
@@ -202,8 +203,9 @@ def test_invalid_pool_settings_are_503_not_configured_naming_the_setting(configu
 def test_health_lists_backends_by_name_only(pool, regions):
     pool({"name": "east", "priority": 1, "weight": 2}, {"name": "west", "priority": 2})
     body = get_health().body
-    assert body["backends"] == [{"name": "east", "priority": 1, "weight": 2, "state": "ready", "retry_in": 0},
-                                {"name": "west", "priority": 2, "weight": 1, "state": "ready", "retry_in": 0}]
+    common = {"state": "ready", "retry_in": 0, "model": "gpt-35-turbo-instruct", "api": "completions"}
+    assert body["backends"] == [{"name": "east", "priority": 1, "weight": 2, **common},
+                                {"name": "west", "priority": 2, "weight": 1, **common}]
     assert "127.0.0.1" not in json.dumps(body)
 
 

@@ -19,6 +19,7 @@ import pytest
 from shared.clock import Clock, Deadline
 from shared.errors import AppError
 from shared.upstream.client import CompletionClient
+from shared.upstream.plan import Request
 from support.app_client import LOOP, SEED, post_completions, post_many
 
 FAST = {"AZURE_OPENAI_TIMEOUT": "0.5", "AZURE_OPENAI_CONNECT_TIMEOUT": "0.5", "AZURE_OPENAI_DEADLINE": "6"}
@@ -79,18 +80,22 @@ def test_retry_after_beyond_the_deadline_returns_429_at_once(configure_app, emul
     inject(emulators, {"status": 429, "retry_after": 200})
     reply, elapsed = timed()
     assert_outcome(reply, 429, "rate_limited")
-    assert reply.headers["Retry-After"] == "200"
+    assert reply.headers["Retry-After"] == "60"  # the cooldown the backend actually rests (AZURE_OPENAI_MAX_COOLDOWN)
     assert upstream_attempts(emulators) == 1
     assert clock.slept == [] and elapsed < SLACK
 
 
-def test_retry_after_passed_to_callers_is_clamped(configure_app, emulators):
-    """A gateway asking for hours is not passed on as such: callers hear 300 s at most."""
+def test_retry_after_passed_to_callers_is_the_cooldown_actually_left(configure_app, emulators):
+    """A gateway asking for hours is not passed on as such: the backend rests at most
+    AZURE_OPENAI_MAX_COOLDOWN, and callers hear what is left of that."""
     configure_app(**FAST)
     inject(emulators, {"status": 429, "retry_after": 86400})
     reply, _ = timed()
     assert_outcome(reply, 429, "rate_limited")
-    assert reply.headers["Retry-After"] == "300"
+    assert reply.headers["Retry-After"] == "60"
+    configure_app(**FAST, AZURE_OPENAI_MAX_COOLDOWN="7")
+    inject(emulators, {"status": 429, "retry_after": 3600})
+    assert timed()[0].headers["Retry-After"] == "7"
 
 
 def test_final_429_without_retry_after_still_tells_the_caller_when(configure_app, emulators):
@@ -147,8 +152,9 @@ def test_a_single_backend_s_failing_callers_each_retry_after_their_own_backoff(c
 
     async def scenario():
         try:
-            return await asyncio.gather(*(client.complete({"prompt": "x"}, Deadline(60, clock), "r")
-                                          for _ in range(20)), return_exceptions=True)
+            request = Request("completions", {"prompt": "x"})
+            return await asyncio.gather(*(client.complete(request, Deadline(60, clock), "r") for _ in range(20)),
+                                        return_exceptions=True)
         finally:
             await client.http.aclose()
 
@@ -312,7 +318,7 @@ def test_concurrency_cap_sheds_with_503_when_no_slot_frees_in_time(configure_app
 
     async def call(deadline: float):
         try:
-            return (await client.complete({"prompt": "x"}, Deadline(deadline), "r")).attempts
+            return (await client.complete(Request("completions", {"prompt": "x"}), Deadline(deadline), "r")).attempts
         except AppError as error:
             return error
 

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from devserver.emulators.otlp_receiver import OTLPReceiver, refused_endpoint
+from devserver.emulators.runner import LEGACY_DEPLOYMENT
 from shared.service import CompletionService
 from shared.telemetry.hooks import NOOP, InvocationEnd, InvocationStart
 from shared.telemetry.otel import OTelTelemetry
@@ -451,7 +452,7 @@ def child_env(emulators, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in SETTING_NAMES and not k.startswith(("OTEL_", "APPLICATIONINSIGHTS_", "AZURE_MONITOR"))
            and k not in TELEMETRY_SETTINGS}
-    env.update(emulators.app_settings(auth="key"))
+    env.update(emulators.app_settings(auth="key", deployment=LEGACY_DEPLOYMENT, api="completions"))
     env.update(settings)
     return env
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from requests.structures import CaseInsensitiveDict
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -96,7 +97,7 @@ def wait_for(condition, timeout: float = 10.0) -> bool:
 def _reply(response: Response) -> Reply:
     raw = bytes(response.body)
     assert response.media_type == "application/json"
-    return Reply(response.status_code, json.loads(raw), dict(response.headers), raw)
+    return Reply(response.status_code, json.loads(raw), CaseInsensitiveDict(response.headers), raw)
 
 
 async def call_completions(request: Request, function: str = "completions") -> Reply:

@@ -86,11 +86,12 @@ def test_absent_or_blank_means_the_single_endpoint_settings_apply():
 
 def test_the_single_backend_comes_from_the_existing_settings():
     loaded = load_settings({"AZURE_OPENAI_ENDPOINT": "https://a.openai.azure.com/",
-                                         "AZURE_OPENAI_DEPLOYMENT": "d", "AZURE_OPENAI_AUTH": "key",
-                                         "AZURE_OPENAI_API_KEY": "k"}, function_timeout=lambda: 180.0)
+                            "AZURE_OPENAI_DEPLOYMENT": "d", "AZURE_OPENAI_AUTH": "key",
+                            "AZURE_OPENAI_API_KEY": "k"}, function_timeout=lambda: 180.0)
     backend = single_backend(loaded.upstream)
     assert backend == BackendSettings(name="default", endpoint="https://a.openai.azure.com", deployment="d",
-                                      api_version="2024-10-21", auth="key", api_key="k", token_scope=SCOPE)
+                                      api_version="2025-04-01-preview", auth="key", api_key="k", token_scope=SCOPE)
+    assert (backend.api, backend.model, backend.api_setting) == ("auto", "d", "AZURE_OPENAI_API")
     assert (backend.priority, backend.weight, backend.identity) == (1, 1, None)
 
 

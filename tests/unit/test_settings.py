@@ -31,7 +31,7 @@ def test_defaults():
     settings = load()
     upstream = settings.upstream
     assert upstream.endpoint == "https://example.openai.azure.com"  # openai appends /openai/...
-    assert upstream.api_version == DEFAULT_API_VERSION == "2024-10-21"
+    assert upstream.api_version == DEFAULT_API_VERSION == "2025-04-01-preview"
     assert upstream.auth == "managed_identity" and upstream.token_scope == DEFAULT_TOKEN_SCOPE
     assert upstream.api_key is None and upstream.client_id is None
     assert settings.retry.read_timeout == 30 and settings.retry.max_retries == 3 and settings.retry.deadline == 120
