@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -46,6 +46,7 @@ from .validation import RequestInvalid, check_logit_bias, check_types, loads, st
 from .validation import error as _error
 
 CONTEXT_LENGTH = 4097
+RECENT = 50  # request bodies kept for the stats (the tests read what the app sent)
 DEFAULT_CONTENT_FILTER_PHRASE = "trip the content filter"
 # api-versions this emulator answers; from 2023-06-01-preview on, responses carry
 # content-filter annotations.
@@ -142,6 +143,7 @@ class OpenAIState:
         self.auth_modes: Counter[str] = Counter()
         self.bearer_tokens: set[str] = set()
         self.last_client_request_id: str | None = None
+        self.recent: deque[dict] = deque(maxlen=RECENT)  # the last requests' bodies, for tests to read
 
     def count(self, status: int | str) -> None:
         with self._lock:
@@ -154,6 +156,15 @@ class OpenAIState:
             else:
                 self.received += 1
             self.by_deployment[deployment, "chat" if chat else "completions"] += 1
+
+    def received_body(self, deployment: str, chat: bool, body: bytes) -> None:
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            document = None
+        with self._lock:
+            self.recent.append({"deployment": deployment, "operation": "chat" if chat else "completions",
+                                "body": document})
 
     def saw(self, auth_mode: str, token: str | None, client_request_id: str | None) -> None:
         with self._lock:
@@ -176,6 +187,7 @@ class OpenAIState:
                 "auth_modes": dict(self.auth_modes),
                 "distinct_bearer_tokens": len(self.bearer_tokens),
                 "last_client_request_id": self.last_client_request_id,
+                "recent_requests": list(self.recent),
                 "faults_pending": len(self.faults),
                 "latency_ms": self.latency_ms,
                 "stream_chunk_ms": self.stream_chunk_ms,
@@ -224,6 +236,7 @@ class OpenAIState:
             self.auth_modes.clear()
             self.bearer_tokens.clear()
             self.last_client_request_id = None
+            self.recent.clear()
         if self.identity is not None:
             self.identity.reset()
 
@@ -296,6 +309,7 @@ class OpenAIHandler(ControlHandler):
         except ValueError:
             self.close_connection = True
             return self._reply(400, _error("BadRequest", "Invalid request body framing."))
+        self.state.received_body(name, chat, raw_body)
         fault, over = self.take_fault()
         if over or (fault is not None and self._serve_fault(fault, query, "ChatCompletions_Create" if chat
                                                             else "Completions_Create")):

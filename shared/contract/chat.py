@@ -88,8 +88,8 @@ def _messages(messages: Any, limits: Limits, passthrough: bool) -> None:
 def _message(message: Any, path: str, passthrough: bool) -> None:
     if not isinstance(message, dict):
         raise invalid_request(f"'{path}' must be an object with a role.", path)
-    if not passthrough:
-        unknown = sorted(set(message) - _MESSAGE_KEYS)
+    if not passthrough:  # (a null is as good as absent: an answer's message passed back may carry some)
+        unknown = sorted(key for key, value in message.items() if key not in _MESSAGE_KEYS and value is not None)
         if unknown:
             raise invalid_request(f"Unknown field(s) in '{path}': {', '.join(unknown)}.", f"{path}.{unknown[0]}")
     role = message.get("role")

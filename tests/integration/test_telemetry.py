@@ -169,6 +169,21 @@ def test_one_span_per_invocation_with_a_child_per_attempt(recorded):
     assert invocation.status.status_code.name == "UNSET"
 
 
+def test_chat_calls_are_the_chat_operation_and_a_refusal_is_a_retry(recorded, emulators):
+    record = recorded(AZURE_OPENAI_DEPLOYMENT="gpt-5-mini", AZURE_OPENAI_API=None)
+    reply = post_completions(SEED)  # the completions contract on a reasoning deployment: chat, adapted
+    assert reply.status == 200
+    [invocation] = record.spans("chat")
+    assert invocation.name == "chat gpt-5-mini" and invocation.attributes["gen_ai.operation.name"] == "chat"
+    attempts = sorted(record.spans("POST "), key=lambda s: s.start_time)
+    assert [a.name for a in attempts] == ["POST /openai/deployments/{deployment-id}/chat/completions"] * 3
+    assert [a.attributes["completions.attempt.kind"] for a in attempts] == ["first", "retry", "retry"]
+    assert record.total("gen_ai.client.token.usage", gen_ai__operation__name="chat", gen_ai__token__type="input") \
+        == reply.body["usage"]["prompt_tokens"]
+    points = record.points("gen_ai.client.operation.duration")
+    assert {p.attributes["gen_ai.response.model"] for p in points} == {"gpt-5-mini-2025-08-07"}
+
+
 def test_a_retry_shows_as_two_attempt_spans_and_an_event(recorded, emulators, clock):
     record = recorded(AZURE_OPENAI_MAX_RETRIES="2")
     emulators.openai_control.faults({"status": 503, "retry_after": 1})
