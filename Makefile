@@ -19,11 +19,13 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 INFRA_VENV := .venv-infra
 INFRA_INSTALLED := $(INFRA_VENV)/.installed
+# The official openai SDKs, newest and last 1.x, each in a venv of its own (the app keeps openai 0.28).
+SDK_INSTALLED := .venv-sdk-latest/.installed .venv-sdk-1x/.installed
 # Azurite (npm) for make run's queues, the end-to-end tests and func start; only where Node.js is installed.
 AZURITE_DIR := devserver/azurite
 AZURITE := $(AZURITE_DIR)/node_modules/.bin/azurite
 NPM := $(shell command -v npm 2>/dev/null)
-TEST_NEEDS := $(INSTALLED) $(INFRA_INSTALLED) $(if $(NPM),$(AZURITE))
+TEST_NEEDS := $(INSTALLED) $(INFRA_INSTALLED) $(SDK_INSTALLED) $(if $(NPM),$(AZURITE))
 
 .PHONY: run test test-unit lint infra-check bench emulators azurite enqueue results caller-key clean
 
@@ -35,6 +37,11 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 $(INFRA_INSTALLED): requirements-infra.txt
 	test -x $(INFRA_VENV)/bin/python || $(PYTHON) -m venv $(INFRA_VENV)
 	$(INFRA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-infra.txt
+	touch $@
+
+.venv-sdk-%/.installed: requirements-sdk-%.txt
+	test -x .venv-sdk-$*/bin/python || $(PYTHON) -m venv .venv-sdk-$*
+	.venv-sdk-$*/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-sdk-$*.txt
 	touch $@
 
 $(AZURITE): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json
@@ -53,7 +60,7 @@ endif
 # (pytest's settings: pyproject.toml)
 test:
 	$(MAKE) --no-print-directory --jobs=3 $(TEST_NEEDS)
-	INFRA_CHECK_REQUIRED=1 $(BIN)/python -m pytest tests $(ARGS)
+	INFRA_CHECK_REQUIRED=1 SDK_TESTS_REQUIRED=1 $(BIN)/python -m pytest tests $(ARGS)
 
 test-unit: $(INSTALLED)
 	$(BIN)/python -m pytest tests/unit -q $(ARGS)
@@ -92,4 +99,4 @@ caller-key:
 	$(PYTHON) -m devserver.tools.caller_key '$(NAME)'
 
 clean:
-	rm -rf $(VENV) $(INFRA_VENV) .pytest_cache .hypothesis $(AZURITE_DIR)/node_modules
+	rm -rf $(VENV) $(INFRA_VENV) .venv-sdk-latest .venv-sdk-1x .pytest_cache .hypothesis $(AZURITE_DIR)/node_modules

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from .errors import AppError
+from .errors import MAX_RETRY_AFTER_SECONDS, AppError
 from .upstream.transport import bad_response
 
 _CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -72,9 +73,11 @@ def openai_error_body(error: AppError) -> dict[str, Any]:
 
 
 def openai_error_headers(error: AppError) -> dict[str, str]:
+    """The app's headers, and what the SDKs read: ``retry-after-ms`` (the precise wait; they never read
+    Azure's ``x-ms-retry-after-ms``), and ``x-should-retry: false`` where retrying cannot help."""
     headers = dict(error.headers())
-    if "Retry-After" in headers:
-        headers["retry-after-ms"] = str(int(headers["Retry-After"]) * 1000)
+    if error.retry_after is not None:
+        headers["retry-after-ms"] = str(max(1, math.ceil(min(error.retry_after, MAX_RETRY_AFTER_SECONDS) * 1000)))
     if error.status in _FINAL_STATUSES or error.code == "upstream_misconfigured" or not error.retryable:
         headers["x-should-retry"] = "false"
     return headers

@@ -40,6 +40,12 @@ def upstream_failure(exc: BaseException, exchange: Exchange) -> AppError:
         error = AppError(504, "upstream_timeout", "Azure OpenAI did not answer in time.", retryable=True)
     elif isinstance(exc, openai.error.APIConnectionError):
         error = AppError(502, "upstream_unreachable", "Could not reach Azure OpenAI.", retryable=True)
+    elif isinstance(exc, openai.error.OpenAIError) and exc.http_status == 200:
+        # an error event in the middle of a stream: openai 0.28 raises it with the stream's status
+        message = _error_body(exc).get("message")
+        text = f": {message[:300]}" if isinstance(message, str) and message else ""
+        error = AppError(502, "upstream_error", f"Azure OpenAI failed in the middle of the stream{text}",
+                         retryable=True)
     elif isinstance(exc, openai.error.OpenAIError):
         error = error_for_status(exc.http_status or exchange.status, exc.headers or exchange.headers,
                                  _error_body(exc))
