@@ -90,7 +90,7 @@ def telemetry_end(outcome: Outcome, result: UpstreamResult | None, params: dict[
                   settings: Settings | None) -> InvocationEnd:
     """The invocation's telemetry record (built only when telemetry is on)."""
     error = outcome.error
-    response = result.responses[0] if result is not None else None
+    response = result.responses[0] if result is not None and result.responses else None  # (a stream has none)
     model = response.get("model") if isinstance(response, dict) else None
     response_id = response.get("id") if isinstance(response, dict) else None
     usage = outcome.body.get("usage") if outcome.ok else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .callers import HOST
@@ -45,6 +45,7 @@ class Invocation:
         self.caller = HOST
         self.settings: Settings | None = None
         self.streamed: StreamShaper | None = None  # a stream's, once it ended
+        self.finished = False  # its log line and telemetry record went out
 
     async def run(self) -> Outcome:
         """The answer; never raises. A stream's outcome carries it, and ends the invocation itself."""
@@ -88,13 +89,19 @@ class Invocation:
         shaper = StreamShaper(kind=self.operation.kind, api=result.plan.api, n=self.params.get("n", 1),
                               calls=len(result.plan.calls), stops=result.plan.stops,
                               wants_usage=options.get("include_usage") is True)
-        self.call.keep_open()
-        return Outcome.streaming(stream_headers(self.operation, result), self._events(result, shaper))
+        events = self._events(result, shaper)
+        # Started here, so that it is always closed: an async generator the event loop has seen
+        # start is closed when dropped (asyncio's finalizer hook), even if the caller left before
+        # the response began; one never started would hold its slots and upstream stream forever.
+        first = await anext(events)
+        self.call.keep_open()  # its span and metrics end with the stream
+        return Outcome.streaming(stream_headers(self.operation, result), _replayed(first, events))
 
-    async def _events(self, result: UpstreamResult, shaper: StreamShaper) -> AsyncIterator[bytes]:
+    async def _events(self, result: UpstreamResult, shaper: StreamShaper) -> AsyncGenerator[bytes]:
         assert result.stream is not None and result.release is not None
         failure: AppError | None = None
         first = True
+        reported = True  # this stream's end is its invocation's outcome
         try:
             last = None
             async for call, chunk in result.stream.chunks():
@@ -110,15 +117,23 @@ class Invocation:
                 yield event(shaped)
             yield DONE
         except AppError as error:
+            if first:  # nothing went to the caller yet: an ordinary JSON error with its status (``run``)
+                reported = False
+                raise
             failure = error
             yield event(openai_error_body(error))
-        except BaseException:  # the caller left (the stream was cancelled), or a bug
+        except Exception:  # noqa: BLE001 - a bug: the caller gets a coded error event, the log the traceback
+            log.exception("stream request_id=%s failed unexpectedly", self.request_id)
+            failure = internal_error()
+            yield event(openai_error_body(failure))
+        except BaseException:  # the caller left: the stream was cancelled (or closed)
             failure = AppError(499, "client_closed", "The caller left before the stream ended.")
             raise
         finally:
             await result.stream.aclose()
             result.release()
-            self.finish(self._streamed(shaper, failure))
+            if reported:
+                self.finish(self._streamed(shaper, failure))
 
     def _streamed(self, shaper: StreamShaper, failure: AppError | None) -> Outcome:
         """The outcome a stream's log line and telemetry record (its answer went as events)."""
@@ -132,6 +147,9 @@ class Invocation:
         return Outcome(200, body)
 
     def finish(self, outcome: Outcome) -> None:
+        if self.finished:
+            return
+        self.finished = True
         settings, result = self.settings, self.result
         if self.service.telemetry.enabled:
             end = telemetry_end(outcome, result, self.params, settings)
@@ -141,3 +159,13 @@ class Invocation:
             self.call.finish(end)
         log_invocation(outcome, result, self.params, self.request_id, self.source, self.started, settings,
                        self.call.trace_id, self.caller.name)
+
+
+async def _replayed(first: bytes, rest: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
+    """``first``, then the rest of the events; closing this closes them."""
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()

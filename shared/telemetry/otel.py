@@ -6,7 +6,9 @@ lists every name):
 
 - Metrics, gen-AI semantic conventions: ``gen_ai.client.token.usage`` and
   ``gen_ai.client.operation.duration``; the app's own ``completions.*`` counters and
-  histograms (an upstream attempt's status and duration are its span's).
+  histograms (an upstream attempt's status and duration are its span's); for streamed
+  answers ``gen_ai.client.operation.time_to_first_chunk`` and ``completions.streams.active``
+  (a stream's span and metrics end when the stream does).
 - Traces: one span per invocation, ``text_completion {deployment}`` (kind CLIENT,
   a child of the Functions invocation's trace context), one child span per upstream
   attempt (``POST /openai/deployments/{deployment-id}/completions``), events
@@ -34,6 +36,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from .attempts import PATHS, URL_TEMPLATES, OTelAttempt
 from .deferred import Deferred
 from .hooks import (
     NULL_ATTEMPT,
@@ -50,9 +53,6 @@ log = logging.getLogger(__name__)
 
 INSTRUMENTATION_NAME = "azure-openai-completions"
 PROVIDER = "azure.ai.openai"  # gen_ai.provider.name's well-known value for Azure OpenAI
-URL_TEMPLATES = {"completions": "/openai/deployments/{deployment-id}/completions",
-                 "chat": "/openai/deployments/{deployment-id}/chat/completions"}
-PATHS = {"completions": "completions", "chat": "chat/completions"}
 # The gen-AI conventions' advised bucket boundaries.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -71,6 +71,7 @@ class OTelTelemetry(Telemetry):
     def __init__(self, tracer_provider: Any, meter_provider: Any, *, owned: tuple = ()) -> None:
         self._tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME)
         self._in_flight: dict[str, int] = {}
+        self._streaming: dict[str, int] = {}  # by source (http only today)
         self._in_flight_lock = threading.Lock()
         meter = meter_provider.get_meter(INSTRUMENTATION_NAME)
         self._owned = owned  # providers this object shuts down
@@ -101,6 +102,13 @@ class OTelTelemetry(Telemetry):
             "completions.slot.wait.duration", unit="s",
             description="Time a completion waited for one of the instance's concurrency slots.",
             explicit_bucket_boundaries_advisory=SLOT_BUCKETS)
+        self.first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk", unit="s",
+            description="Time to receive the first chunk of a streamed answer.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+        self.streams = meter.create_observable_up_down_counter(
+            "completions.streams.active", callbacks=[self._observe_streams], unit="{stream}",
+            description="Answers streaming to their callers on this instance.")
         self.dropped = meter.create_counter(
             "completions.telemetry.dropped", unit="{item}",
             description="Spans or measurements dropped by the pipeline (a full queue, or an export that failed).")
@@ -128,7 +136,7 @@ class OTelTelemetry(Telemetry):
         invocation = _CURRENT.get()
         if invocation is None:
             return NULL_ATTEMPT
-        return _Attempt(self, invocation, backend, number, kind, api)
+        return OTelAttempt(self, invocation, backend, number, kind, api)
 
     def retry_wait(self, seconds: float) -> None:
         invocation = _CURRENT.get()
@@ -167,9 +175,16 @@ class OTelTelemetry(Telemetry):
             counts = list(self._in_flight.items())
         return [Observation(count, {"completions.source": source}) for source, count in counts]
 
-    def _count_in_flight(self, source: str, change: int) -> None:
+    def _observe_streams(self, options: CallbackOptions) -> Any:
+        with self._in_flight_lock:
+            counts = list(self._streaming.items())
+        return [Observation(count, {"completions.source": source}) for source, count in counts]
+
+    def _count_in_flight(self, source: str, change: int, streams: int = 0) -> None:
         with self._in_flight_lock:
             self._in_flight[source] = self._in_flight.get(source, 0) + change
+            if streams:
+                self._streaming[source] = self._streaming.get(source, 0) + streams
 
     def backend_attributes(self, backend: Any, api: str = "completions") -> tuple[dict[str, Any], dict[str, Any]]:
         """(span, metric) attributes of ``backend`` called with ``api``, made once per backend and API."""
@@ -206,14 +221,18 @@ class _Attached:
 
 
 class _Invocation(Invocation):
+    """One invocation's span and metrics. It ends with its ``with`` block, or, for an answer that
+    streams (``keep_open``), with ``finish``, when the stream has ended."""
+
     __slots__ = ("_telemetry", "_start", "_started", "_span", "_context_token", "_current_token", "_finished",
-                 "attempt", "last_backend", "last_error", "waited")
+                 "_open", "attempt", "last_backend", "last_error", "waited")
 
     def __init__(self, telemetry: OTelTelemetry, start: InvocationStart) -> None:
         self._telemetry = telemetry
         self._start = start
         self._finished = False
-        self.attempt: _Attempt | None = None  # the attempt in progress
+        self._open = False  # a stream holds the invocation open past its block
+        self.attempt: OTelAttempt | None = None  # the attempt in progress
         self.last_backend: Any = None  # the backend of the latest attempt
         self.last_error: str | None = None  # the latest attempt's failure (its code)
         self.waited = 0.0  # the wait before the next round, for its retry event
@@ -236,6 +255,11 @@ class _Invocation(Invocation):
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._open and exc_type is None:  # the stream ends it (finish)
+            _CURRENT.reset(self._current_token)
+            otel_context.detach(self._context_token)
+            return
+        self._open = False
         try:
             if not self._finished:  # cancelled (the host's timeout, shutdown) or a bug: still accounted for
                 code = "cancelled" if exc_type is not None and exc_type.__name__ == "CancelledError" else \
@@ -260,7 +284,28 @@ class _Invocation(Invocation):
     def identify(self, caller: str) -> None:
         self._span.set_attribute("completions.caller", caller)
 
+    def keep_open(self) -> None:
+        self._open = True
+        self._telemetry._count_in_flight(self._start.source, 0, streams=1)
+
+    def first_chunk(self, seconds: float) -> None:
+        telemetry = self._telemetry
+        attributes = {"gen_ai.operation.name": self._start.operation, "gen_ai.provider.name": PROVIDER}
+        if self.last_backend is not None:
+            attributes.update(telemetry.backend_attributes(self.last_backend)[1])
+        telemetry._deferred.put(telemetry.first_chunk.record, seconds, attributes)
+        self._span.set_attribute("gen_ai.response.time_to_first_chunk", seconds)
+
     def finish(self, end: InvocationEnd) -> None:
+        try:
+            self._finish(end)
+        finally:
+            if self._open:  # a stream ended: so does the invocation
+                self._open = False
+                self._span.end()
+                self._telemetry._count_in_flight(self._start.source, -1, streams=-1)
+
+    def _finish(self, end: InvocationEnd) -> None:
         self._finished = True
         telemetry = self._telemetry
         backend = end.backend if end.backend is not None else self.last_backend
@@ -325,60 +370,3 @@ _REQUEST_ATTRIBUTES = (("max_tokens", "gen_ai.request.max_tokens"), ("temperatur
                        ("top_p", "gen_ai.request.top_p"), ("n", "gen_ai.request.choice.count"),
                        ("seed", "gen_ai.request.seed"), ("presence_penalty", "gen_ai.request.presence_penalty"),
                        ("frequency_penalty", "gen_ai.request.frequency_penalty"))
-
-
-class _Attempt(Attempt):
-    __slots__ = ("_telemetry", "_invocation", "_span", "_metric_attributes", "_started")
-
-    def __init__(self, telemetry: OTelTelemetry, invocation: _Invocation, backend: Any, number: int,
-                 kind: str, api: str) -> None:
-        self._telemetry = telemetry
-        self._invocation = invocation
-        span_attributes, self._metric_attributes = telemetry.backend_attributes(backend, api)
-        if kind != "first":
-            previous = invocation.last_backend
-            reason = invocation.last_error if invocation.last_error is not None else "_OTHER"
-            event = {"completions.attempt": number, "completions.backend": backend.name, "error.type": reason}
-            if kind == "failover":
-                event["completions.failover.from"] = previous.name if previous is not None else ""
-                telemetry._deferred.put(telemetry.failovers.add, 1,
-                                        {"completions.backend": backend.name, "error.type": reason})
-            else:
-                event["completions.retry.wait"] = invocation.waited
-                telemetry._deferred.put(telemetry.retries.add, 1,
-                                        {"completions.backend": backend.name, "error.type": reason})
-            invocation._span.add_event(kind, event)
-        invocation.waited = 0.0
-        invocation.last_backend = backend
-        invocation.attempt = self
-        if invocation._span.is_recording():
-            self._span = telemetry._tracer.start_span(
-                f"POST {URL_TEMPLATES[api]}", kind=SpanKind.CLIENT,
-                attributes={**span_attributes, "completions.attempt": number, "completions.attempt.kind": kind})
-        else:  # an unsampled invocation's children are unsampled too (parent-based): skip building them
-            self._span = trace.INVALID_SPAN
-        self._started = time.perf_counter()
-
-    def end(self, status: int | None = None, error_code: str | None = None) -> None:
-        if error_code is None:
-            self._ended(status, None)
-            self._invocation.last_error = None
-            return
-        self._ended(status, str(status) if status is not None and status >= 400 else error_code)
-        self._invocation.last_error = error_code
-
-    def end_with(self, error_type: str) -> None:
-        self._ended(None, error_type)
-
-    def _ended(self, status: int | None, error_type: str | None) -> None:
-        elapsed = time.perf_counter() - self._started
-        attributes = {**self._metric_attributes, "http.request.method": "POST"}
-        if status is not None:
-            attributes["http.response.status_code"] = status
-        if error_type is not None:
-            attributes["error.type"] = error_type
-            self._span.set_status(Status(StatusCode.ERROR, error_type))
-        self._span.set_attributes({**attributes, "completions.attempt.duration": elapsed})
-        self._span.end()
-        self._telemetry._deferred.put(self._telemetry.attempts.add, 1, attributes)
-        self._invocation.attempt = None

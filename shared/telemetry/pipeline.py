@@ -188,7 +188,9 @@ def configure(environ: Mapping[str, str], *, insights: bool, otlp: bool) -> OTel
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
         what = "OTLP"
-    telemetry = OTelTelemetry(tracer_provider, meter_provider, owned=(tracer_provider, meter_provider))
+    # (a provider the SDK did not install, a proxy, has nothing to flush or stop)
+    owned = tuple(p for p in (tracer_provider, meter_provider) if hasattr(p, "shutdown"))
+    telemetry = OTelTelemetry(tracer_provider, meter_provider, owned=owned)
     atexit.register(telemetry.shutdown, EXIT_BUDGET)
     counting: list[Any] = [*processors, *exporters]
     for component in counting:

@@ -30,7 +30,7 @@ from shared.telemetry.hooks import NOOP, InvocationEnd, InvocationStart
 from shared.telemetry.otel import OTelTelemetry
 from shared.telemetry.pipeline import _CountingBatchSpanProcessor
 from shared.telemetry.switches import settings_problems, telemetry_from_environ
-from support.app_client import LOOP, SEED, SETTING_NAMES, post_completions, post_many
+from support.app_client import LOOP, SEED, SETTING_NAMES, post_completions, post_many, post_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = ROOT / "tests" / "support" / "telemetry_child.py"
@@ -182,6 +182,50 @@ def test_chat_calls_are_the_chat_operation_and_a_refusal_is_a_retry(recorded, em
         == reply.body["usage"]["prompt_tokens"]
     points = record.points("gen_ai.client.operation.duration")
     assert {p.attributes["gen_ai.response.model"] for p in points} == {"gpt-5-mini-2025-08-07"}
+
+
+CHAT_STREAM = {"messages": [{"role": "user", "content": "The food was delicious and the waiter"}], "stream": True}
+
+
+def test_a_stream_is_one_invocation_until_it_ends_with_its_first_chunk_time_and_tokens(recorded, emulators):
+    record = recorded(AZURE_OPENAI_DEPLOYMENT="gpt-4.1-mini", AZURE_OPENAI_API=None)
+    emulators.openai_control.config(stream_chunk_ms=150)
+    seen: dict[str, float] = {}
+
+    def watch() -> None:  # while the stream runs: it is in flight, and its span has not ended
+        time.sleep(0.4)
+        seen["streams"] = record.total("completions.streams.active", completions__source="http")
+        seen["active"] = record.total("completions.active", completions__source="http")
+        seen["spans"] = len(record.spans("chat"))
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    streamed = post_stream("chat_completions", CHAT_STREAM)  # no include_usage: the caller gets no usage chunk
+    watcher.join()
+    assert streamed.status == 200 and streamed.events[-1] == "[DONE]"
+    assert not any(e.get("usage") for e in streamed.events[:-1])
+    assert seen == {"streams": 1, "active": 1, "spans": 0}
+    assert record.total("completions.streams.active", completions__source="http") == 0
+    assert record.total("completions.active", completions__source="http") == 0
+    [invocation] = record.spans("chat")
+    assert invocation.attributes["gen_ai.usage.input_tokens"] > 0  # the app asked for the usage chunk itself
+    assert 0 < invocation.attributes["gen_ai.response.time_to_first_chunk"] < invocation.end_time / 1e9 - \
+        invocation.start_time / 1e9
+    assert tuple(invocation.attributes["gen_ai.response.finish_reasons"]) == ("stop",)
+    assert record.count("gen_ai.client.operation.time_to_first_chunk", gen_ai__request__model="gpt-4.1-mini") == 1
+    assert record.total("gen_ai.client.token.usage", gen_ai__token__type="output") > 0
+    assert record.total("completions.requests", completions__code="ok") == 1
+
+
+def test_a_caller_who_leaves_mid_stream_ends_its_span_as_client_closed(recorded, emulators):
+    record = recorded(AZURE_OPENAI_DEPLOYMENT="gpt-4.1-mini", AZURE_OPENAI_API=None)
+    emulators.openai_control.config(stream_chunk_ms=50)
+    streamed = post_stream("chat_completions", CHAT_STREAM, read=2)
+    assert streamed.status == 200 and len(streamed.events) == 2
+    [invocation] = record.spans("chat")
+    assert invocation.attributes["error.type"] == "client_closed" and invocation.status.status_code.name == "ERROR"
+    assert record.total("completions.requests", completions__code="client_closed") == 1
+    assert record.total("completions.streams.active", completions__source="http") == 0
+    assert record.total("completions.active", completions__source="http") == 0
 
 
 def test_a_retry_shows_as_two_attempt_spans_and_an_event(recorded, emulators, clock):

@@ -116,6 +116,42 @@ def post(function: str, body: Any = None, *, raw: bytes | None = None, headers: 
     return LOOP.run(call_completions(request, function))
 
 
+@dataclass
+class Streamed:
+    status: int
+    headers: dict[str, str]
+    events: list[Any]  # each ``data:`` event decoded ("[DONE]" as the string); a JSON answer's body instead
+    raw: bytes
+
+
+def post_stream(function: str, body: Any, *, read: int | None = None, headers: dict[str, str] | None = None,
+                path_params: dict[str, str] | None = None) -> Streamed:
+    """POST a streaming request and read its events as the worker's uvicorn would; ``read``: the
+    caller leaves (the response's iterator is closed) after that many events."""
+    async def run() -> Streamed:
+        request = completions_request(body, headers=headers, path_params=path_params)
+        response = await getattr(function_app, function).build().get_user_function()(request)
+        iterator = getattr(response, "body_iterator", None)
+        if iterator is None:  # a JSON answer (an error before the first byte)
+            return Streamed(response.status_code, CaseInsensitiveDict(response.headers),
+                            [json.loads(bytes(response.body))], bytes(response.body))
+        raw = b""
+        events: list[Any] = []
+        try:
+            async for chunk in iterator:
+                raw += chunk
+                for line in chunk.decode().split("\n"):
+                    if line.startswith("data: "):
+                        data = line[len("data: "):]
+                        events.append(data if data == "[DONE]" else json.loads(data))
+                if read is not None and len(events) >= read:
+                    break
+        finally:
+            await iterator.aclose()
+        return Streamed(response.status_code, CaseInsensitiveDict(response.headers), events, raw)
+    return LOOP.run(run())
+
+
 def get(function: str, *, headers: dict[str, str] | None = None, path_params: dict[str, str] | None = None) -> Reply:
     return LOOP.run(call_completions(http_request("GET", "/", b"", headers, path_params), function))
 
