@@ -166,19 +166,7 @@ def configure(environ: Mapping[str, str], *, insights: bool, otlp: bool) -> OTel
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))  # its interval: OTEL_METRIC_EXPORT_INTERVAL
         exporters.append(span_exporter)
     if insights:
-        from azure.monitor.opentelemetry import configure_azure_monitor
-
-        # The host already sends the worker's log records to Application Insights: the
-        # distro's log pipeline would send each one twice. (It reads this setting only.)
-        os.environ.setdefault("OTEL_LOGS_EXPORTER", "none")
-        # The same default sampling as for OTLP (the distro's own: every trace), in its own terms.
-        os.environ.setdefault("OTEL_TRACES_SAMPLER", RATE_LIMITED)
-        configure_azure_monitor(
-            connection_string=environ.get(CONNECTION_STRING, "").strip(), resource=resource,
-            span_processors=processors, metric_readers=readers,
-            enable_live_metrics=False, enable_performance_counters=False,
-            instrumentation_options={name: {"enabled": False} for name in DISTRO_INSTRUMENTATIONS})
-        tracer_provider, meter_provider = trace.get_tracer_provider(), metrics.get_meter_provider()
+        tracer_provider, meter_provider = _azure_monitor(environ, resource, processors, readers)
         what = "Application Insights" + (" and OTLP" if otlp else "")
     else:
         tracer_provider = TracerProvider(resource=resource, sampler=_sampler(environ), shutdown_on_exit=False)
@@ -197,6 +185,23 @@ def configure(environ: Mapping[str, str], *, insights: bool, otlp: bool) -> OTel
         component.dropped = telemetry.dropped
     log.info("telemetry: metrics and traces go to %s (service.name %s)", what, resource.attributes.get(SERVICE_NAME))
     return telemetry
+
+
+def _azure_monitor(environ: Mapping[str, str], resource: Resource, processors: list, readers: list) -> tuple[Any, Any]:
+    """The Azure Monitor distro's pipeline, with ours (OTLP) beside it; its (tracer, meter) providers."""
+    from azure.monitor.opentelemetry import configure_azure_monitor
+
+    # The host already sends the worker's log records to Application Insights: the
+    # distro's log pipeline would send each one twice. (It reads this setting only.)
+    os.environ.setdefault("OTEL_LOGS_EXPORTER", "none")
+    # The same default sampling as for OTLP (the distro's own: every trace), in its own terms.
+    os.environ.setdefault("OTEL_TRACES_SAMPLER", RATE_LIMITED)
+    configure_azure_monitor(
+        connection_string=environ.get(CONNECTION_STRING, "").strip(), resource=resource,
+        span_processors=processors, metric_readers=readers,
+        enable_live_metrics=False, enable_performance_counters=False,
+        instrumentation_options={name: {"enabled": False} for name in DISTRO_INSTRUMENTATIONS})
+    return trace.get_tracer_provider(), metrics.get_meter_provider()
 
 
 def _true(value: str | None) -> bool:
