@@ -36,21 +36,37 @@ param openAiAccountName string = ''
 @description('Resource group of the existing account; default: the one this template creates.')
 param openAiResourceGroupName string = ''
 
-@description('Region of a new account; default: location. gpt-35-turbo-instruct is offered in few regions.')
+@description('Region of a new account; default: location (gpt-5.4-mini is offered as GlobalStandard in every region that offers Azure OpenAI).')
 param openAiLocation string = ''
 
-@description('Deployment the app calls (AZURE_OPENAI_DEPLOYMENT), new or existing.')
-param openAiDeploymentName string = 'gpt-35-turbo-instruct'
+// The default model is a current GA chat model (Azure retired the last completions model,
+// gpt-35-turbo-instruct, on 2025-11-11); docs/deployment.md says how to pick another.
+// tests/infra/test_infra.py fails if a retired model is named here.
+@description('Model of a new deployment: a chat model Azure offers for new deployments.')
+param openAiModelName string = 'gpt-5.4-mini'
 
 @description('Model version of a new deployment.')
-param openAiModelVersion string = '0914'
+param openAiModelVersion string = '2026-03-17'
 
-@description('SKU of a new deployment.')
-param openAiDeploymentSkuName string = 'Standard'
+@description('Deployment the app calls (AZURE_OPENAI_DEPLOYMENT), new or existing; default: the model name.')
+param openAiDeploymentName string = ''
+
+@description('SKU of a new deployment (GlobalStandard: the gpt-5 family is offered as that SKU).')
+param openAiDeploymentSkuName string = 'GlobalStandard'
 
 @description('Capacity of a new deployment, in thousands of tokens per minute.')
 @minValue(1)
 param openAiDeploymentCapacity int = 30
+
+// -- Callers ---------------------------------------------------------------------------------------
+@description('Key Vault holding the callers\' key digests (COMPLETIONS_CALLER_KEYS, docs/sdk.md); empty: callers use function keys.')
+param callerKeysVaultName string = ''
+
+@description('Resource group of that vault; default: the one this template creates.')
+param callerKeysVaultResourceGroupName string = ''
+
+@description('Name of the secret holding the JSON object of caller name to SHA-256 digest (`make caller-key` prints an entry).')
+param callerKeysSecretName string = 'completions-caller-keys'
 
 // -- Flex Consumption ---------------------------------------------------------------------------
 @description('Instance memory in MB.')
@@ -92,6 +108,8 @@ var deadLetterContainerName = 'eventgrid-deadletter'
 var requestQueueName = 'completion-requests'
 var resultQueueName = 'completion-results'
 var useExistingOpenAi = !empty(openAiAccountName)
+var deploymentName = (!empty(openAiDeploymentName)) ? openAiDeploymentName : openAiModelName
+var useCallerKeys = !empty(callerKeysVaultName)
 var newOpenAiName = 'oai-${resourceToken}'
 
 // API version as in Azure-Samples/functions-quickstart-python-http-azd (infra/main.bicep).
@@ -158,8 +176,8 @@ module openAi 'modules/openai.bicep' = if (!useExistingOpenAi) {
     name: newOpenAiName
     location: (!empty(openAiLocation)) ? openAiLocation : location
     tags: tags
-    deploymentName: openAiDeploymentName
-    modelName: 'gpt-35-turbo-instruct'
+    deploymentName: deploymentName
+    modelName: openAiModelName
     modelVersion: openAiModelVersion
     deploymentSkuName: openAiDeploymentSkuName
     deploymentCapacity: openAiDeploymentCapacity
@@ -174,6 +192,15 @@ module openAiAccess 'modules/openai-access.bicep' = {
     identityPrincipalId: identity.outputs.principalId
     developerPrincipalId: principalId
     developerPrincipalType: principalType
+  }
+}
+
+module callerKeysAccess 'modules/keyvault-access.bicep' = if (useCallerKeys) {
+  name: 'caller-keys-access'
+  scope: resourceGroup((!empty(callerKeysVaultResourceGroupName)) ? callerKeysVaultResourceGroupName : rg.name)
+  params: {
+    vaultName: callerKeysVaultName
+    identityPrincipalId: identity.outputs.principalId
   }
 }
 
@@ -223,14 +250,17 @@ module function 'modules/function.bicep' = {
     httpPerInstanceConcurrency: httpPerInstanceConcurrency
     pythonThreadpoolThreadCount: pythonThreadpoolThreadCount
     openAiEndpoint: openAiAccess.outputs.endpoint
-    openAiDeploymentName: openAiDeploymentName
+    openAiDeploymentName: deploymentName
     requestQueueName: requestQueueName
     resultQueueName: resultQueueName
     appConfigEndpoint: enableAppConfiguration ? appConfig.outputs.endpoint : ''
+    callerKeysVaultName: callerKeysVaultName
+    callerKeysSecretName: callerKeysSecretName
   }
   // The app starts calling storage and Azure OpenAI as soon as it exists: grant first.
   dependsOn: [
     roles
+    callerKeysAccess
   ]
 }
 
@@ -243,7 +273,7 @@ output SERVICE_API_NAME string = function.outputs.name
 output SERVICE_API_URI string = function.outputs.uri
 output AZURE_FUNCTION_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output AZURE_OPENAI_ENDPOINT string = openAiAccess.outputs.endpoint
-output AZURE_OPENAI_DEPLOYMENT string = openAiDeploymentName
+output AZURE_OPENAI_DEPLOYMENT string = deploymentName
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_STORAGE_QUEUE_ENDPOINT string = storage.outputs.queueEndpoint
 output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.connectionString

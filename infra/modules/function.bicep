@@ -31,6 +31,9 @@ param requestQueueName string
 param resultQueueName string
 @description('App Configuration endpoint; empty when the app takes its settings from app settings only.')
 param appConfigEndpoint string = ''
+@description('Key Vault holding COMPLETIONS_CALLER_KEYS; empty: the HTTP routes keep function keys.')
+param callerKeysVaultName string = ''
+param callerKeysSecretName string = 'completions-caller-keys'
 
 // API versions as in Azure-Samples/functions-quickstart-python-http-azd (infra/core, commit 3dc075a);
 // functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency is in 2023-12-01.
@@ -83,7 +86,17 @@ var appSettings = {
   AZURE_OPENAI_MAX_CONCURRENCY: string(httpPerInstanceConcurrency)
   COMPLETIONS_REQUEST_QUEUE: requestQueueName
   COMPLETIONS_RESULT_QUEUE: resultQueueName
+  // The HTTP functions use the Functions streaming extension (FastAPI types, server-sent
+  // events): the worker serves them so only when it indexes the app at start (host 4.34.1+).
+  PYTHON_ENABLE_INIT_INDEXING: '1'
 }
+
+// Caller keys (docs/sdk.md): a Key Vault reference, resolved by the platform as the app's identity
+// (keyVaultReferenceIdentity below); with it the HTTP routes are anonymous at the host and the app
+// checks each caller's key itself.
+var callerKeySettings = (!empty(callerKeysVaultName)) ? {
+  COMPLETIONS_CALLER_KEYS: '@Microsoft.KeyVault(VaultName=${callerKeysVaultName};SecretName=${callerKeysSecretName})'
+} : {}
 
 // PYTHON_THREADPOOL_THREAD_COUNT sizes the worker's thread pool, which only synchronous
 // (def) functions run on. The app's functions are async def: they run on the worker's event
@@ -98,7 +111,8 @@ var appConfigSettings = (!empty(appConfigEndpoint)) ? {
   AZURE_APPCONFIG_ENDPOINT: appConfigEndpoint
 } : {}
 
-var settings = union(storageSettings, telemetrySettings, appSettings, threadpoolSettings, appConfigSettings)
+var settings = union(storageSettings, telemetrySettings, appSettings, threadpoolSettings, appConfigSettings,
+  callerKeySettings)
 
 resource site 'Microsoft.Web/sites@2023-12-01' = {
   name: name
@@ -118,6 +132,7 @@ resource site 'Microsoft.Web/sites@2023-12-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    keyVaultReferenceIdentity: identityId
     siteConfig: {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'

@@ -1,4 +1,4 @@
-// A new Azure OpenAI account with a completion deployment. Keys are off (disableLocalAuth):
+// A new Azure OpenAI account with a chat deployment (main.bicep: the model, version and SKU). Keys are off (disableLocalAuth):
 // callers authenticate with Entra ID and need Cognitive Services OpenAI User (openai-access.bicep).
 param name string
 param location string

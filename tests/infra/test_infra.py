@@ -42,6 +42,7 @@ BUILT_IN_ROLES = {
     "AppConfigurationDataReader": "516239f1-63e1-4d78-a4de-a74fb236a071",
     "AppConfigurationDataOwner": "5ae67dd6-50cb-40e7-96ff-dc2bfa4b606b",
     "EventGridDataSender": "d5a91429-5739-47e2-a06b-3470a27159e7",
+    "KeyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
 }
 
 # Resource API versions and where each is cited (also in comments next to the resources).
@@ -65,7 +66,21 @@ CITED_API_VERSIONS = {
     ("Microsoft.EventGrid/topics", "2022-06-15"): LEARN,
     ("Microsoft.EventGrid/eventSubscriptions", "2022-06-15"): LEARN,
     ("Microsoft.AppConfiguration/configurationStores", "2023-03-01"): LEARN,
+    ("Microsoft.KeyVault/vaults", "2023-07-01"): LEARN,
 }
+
+# Models Azure has retired, or no longer offers for new deployments (Microsoft Learn, "Model
+# retirement schedule", 2026-09-02, and the legacy-models page): a template naming one fails
+# `azd up`. By prefix, and by exact name.
+RETIRED_PREFIXES = ("gpt-35-turbo", "gpt-3.5-turbo", "gpt-4-32k", "gpt-4-turbo", "gpt-4.5-preview", "o1-preview",
+                    "o1-mini", "text-davinci-", "text-curie-", "text-babbage-", "text-ada-", "davinci-002",
+                    "babbage-002")
+RETIRED_NAMES = {"gpt-4", "o1", "o1-pro", "o3", "o3-mini", "o4-mini", "codex-mini", "gpt-4o", "gpt-4o-mini",
+                 "gpt-5-chat", "gpt-5.1-chat", "gpt-5.2-chat", "gpt-5.3-chat", "ada", "babbage", "curie", "davinci"}
+
+
+def retired(model: str) -> bool:
+    return model in RETIRED_NAMES or model.startswith(RETIRED_PREFIXES)
 
 
 def infra_python() -> Path:
@@ -99,7 +114,10 @@ def app_settings(template: Template, **parameters) -> dict:
 
 
 def environ_from(settings: dict) -> dict[str, str]:
-    return {key: PLACEHOLDER if isinstance(value, Unresolved) else value for key, value in settings.items()}
+    environ = {key: PLACEHOLDER if isinstance(value, Unresolved) else value for key, value in settings.items()}
+    if environ.get("COMPLETIONS_CALLER_KEYS", "").startswith("@Microsoft.KeyVault("):
+        environ["COMPLETIONS_CALLER_KEYS"] = RESOLVED_CALLER_KEYS
+    return environ
 
 
 def required_by_the_app() -> set[str]:
@@ -116,7 +134,10 @@ FEATURES = {
     "App Configuration": {"enableAppConfiguration": True},
     "Event Grid": {"enableEventGrid": True},
     "synchronous build": {"pythonThreadpoolThreadCount": 16},
+    "caller keys": {"callerKeysVaultName": "kv-callers", "callerKeysVaultResourceGroupName": "sec-rg"},
 }
+# What the platform puts in place of a Key Vault reference when it resolves it.
+RESOLVED_CALLER_KEYS = json.dumps({"team-a": "0" * 64})
 
 
 # -- make infra-check -----------------------------------------------------------------------------
@@ -291,12 +312,18 @@ def test_azure_openai_new_or_existing(template):
     assert account["kind"] == "OpenAI" and account["properties"]["disableLocalAuth"] is True
     assert new.value(account["properties"]["customSubDomainName"]) == new.value("name")  # Entra needs one
     deployment = new.tree["resources"]["deployment"]["config"]
-    assert new.value(deployment["properties"]["model"]) == {
-        "format": "OpenAI", "name": "gpt-35-turbo-instruct", "version": "0914"}
-    assert new.value(deployment["sku"]) == {"name": "Standard", "capacity": 30}
+    assert new.value(deployment["properties"]["model"]) == {"format": "OpenAI", "name": "gpt-5.4-mini",
+                                                            "version": "2026-03-17"}
+    assert new.value(deployment["sku"]) == {"name": "GlobalStandard", "capacity": 30}
+    assert new.value(deployment["name"]) == "gpt-5.4-mini"  # the deployment is named after its model
     settings = app_settings(template)
-    assert settings["AZURE_OPENAI_DEPLOYMENT"] == "gpt-35-turbo-instruct"
+    assert settings["AZURE_OPENAI_DEPLOYMENT"] == "gpt-5.4-mini" and "AZURE_OPENAI_API" not in settings  # auto
     assert settings["AZURE_OPENAI_ENDPOINT"] == Unresolved("openAiAccess.outputs.endpoint")
+    other = template.scope("main.bicep", **MAIN_REQUIRED, openAiModelName="gpt-5.5", openAiModelVersion="2026-04-24",
+                           openAiDeploymentName="chat").module("openAi")
+    assert other.value(other.tree["resources"]["deployment"]["config"]["properties"]["model"])["name"] == "gpt-5.5"
+    assert app_settings(template, openAiModelName="gpt-5.5", openAiDeploymentName="chat")[
+        "AZURE_OPENAI_DEPLOYMENT"] == "chat"
 
     existing = template.scope("main.bicep", **MAIN_REQUIRED, **FEATURES["existing Azure OpenAI"])
     assert existing.condition("modules", "openAi") is False
@@ -304,6 +331,46 @@ def test_azure_openai_new_or_existing(template):
     assert existing.value(access_call["scope"]["function"]["parameters"]["resource_group_name"]) == "ai-rg"
     assert existing.module("openAiAccess").value("accountName") == "my-aoai"
     assert app_settings(template, **FEATURES["existing Azure OpenAI"])["AZURE_OPENAI_DEPLOYMENT"] == "instruct"
+
+
+def test_no_retired_model_is_named_anywhere_in_the_template(template):
+    """Azure retired the last completions model (gpt-35-turbo-instruct) on 2025-11-11: `azd up`
+    must deploy a model offered today, in main.bicep's defaults and in the azd parameters file."""
+    assert retired("gpt-35-turbo-instruct") and retired("gpt-4o") and not retired("gpt-5.4-mini")
+    main = template.scope("main.bicep", **MAIN_REQUIRED)
+    model = main.module("openAi").value("modelName")
+    assert model == "gpt-5.4-mini" and not retired(model)
+    parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert not retired(re.fullmatch(r"\$\{[A-Z_]+=(.*)\}", parameters["openAiModelName"]["value"]).group(1))
+    named = re.compile(r"(?<![\w.-])((?:gpt|o\d|text|davinci|babbage|codex)[\w.-]*)")
+    for path in [*INFRA.rglob("*.bicep"), INFRA / "main.parameters.json", ROOT / "azure.yaml"]:
+        code = "\n".join(line.split("//")[0] for line in path.read_text().splitlines())  # comments may cite history
+        found = [name for name in named.findall(code) if retired(name)]
+        assert not found, (path.name, found)
+
+
+def test_http_functions_stream_through_the_extension(template):
+    """The FastAPI types (server-sent events) need the worker to index the app at start."""
+    assert app_settings(template)["PYTHON_ENABLE_INIT_INDEXING"] == "1"
+
+
+def test_caller_keys_come_from_key_vault_as_the_app_identity(template):
+    assert "COMPLETIONS_CALLER_KEYS" not in app_settings(template)
+    settings = app_settings(template, **FEATURES["caller keys"])
+    assert settings["COMPLETIONS_CALLER_KEYS"] == \
+        "@Microsoft.KeyVault(VaultName=kv-callers;SecretName=completions-caller-keys)"
+    function = template.scope("main.bicep", **MAIN_REQUIRED, **FEATURES["caller keys"]).module("function")
+    site = function.tree["resources"]["site"]["config"]["properties"]
+    assert function.value(site["keyVaultReferenceIdentity"]) == Unresolved("identity.outputs.id")
+    main = template.scope("main.bicep", **MAIN_REQUIRED, **FEATURES["caller keys"])
+    assert main.condition("modules", "callerKeysAccess") is True
+    assert template.scope("main.bicep", **MAIN_REQUIRED).condition("modules", "callerKeysAccess") is False
+    access_call = main.tree["modules"]["callerKeysAccess"]["config"]["config"]  # (a conditional module)
+    assert main.value(access_call["scope"]["function"]["parameters"]["resource_group_name"]) == "sec-rg"
+    assert main.module("callerKeysAccess").value("vaultName") == "kv-callers"
+    # and the app, given the resolved secret, checks keys itself: its routes are anonymous at the host
+    from shared.callers import routes_are_anonymous
+    assert routes_are_anonymous(environ_from(settings))
 
 
 # -- roles ------------------------------------------------------------------------------------------
@@ -360,10 +427,11 @@ def test_each_principal_gets_the_roles_it_needs(template):
         ("modules/appconfig.bicep", "store", identity, "AppConfigurationDataReader"),
         ("modules/eventgrid.bicep", "deadLetterContainer", "deadLetterIdentity.properties.principalId",
          "StorageBlobDataContributor"),
+        ("modules/keyvault-access.bicep", "vault", identity, "KeyVaultSecretsUser"),
     }
     # The developer gets the same data roles (writing App Configuration keys, publishing events).
     expected |= {(file, scope, developer, role) for file, scope, who, role in expected
-                 if who == identity and file != "modules/appconfig.bicep"}
+                 if who == identity and file not in ("modules/appconfig.bicep", "modules/keyvault-access.bicep")}
     expected |= {("modules/appconfig.bicep", "store", developer, "AppConfigurationDataOwner"),
                  ("modules/eventgrid.bicep", "topic", developer, "EventGridDataSender")}
     assert grants == expected
