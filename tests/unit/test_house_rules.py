@@ -40,3 +40,45 @@ def test_every_setting_the_readme_names_is_in_the_registry():
     readme = (ROOT / "README.md").read_text()
     named = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", readme, re.MULTILINE))
     assert named and named <= set(BY_NAME), named - set(BY_NAME)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    import re
+
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def test_the_readme_is_a_front_door_of_at_most_16_kib_with_the_quick_start_first():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 16 * 1024
+    first_screen = "\n".join(readme.splitlines()[:40])
+    assert "make run" in first_screen and "/api/completions" in first_screen and "make test" in readme[:4000]
+
+
+def test_every_link_to_the_docs_points_at_a_page_and_heading_that_exist():
+    """Links in the README and docs/, and docs/ pages named in the code, resolve (anchors too)."""
+    import re
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # a URL
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and file.suffix == ".md":
+                headings = {_anchor(h) for h in re.findall(r"^#+ (.+)$", file.read_text(), re.MULTILINE)}
+                if anchor not in headings:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    code = [ROOT / "function_app.py", ROOT / "Makefile", *(ROOT / "shared").rglob("*.py"),
+            *(ROOT / "devserver").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]
+    for source in code:
+        for name in re.findall(r"docs/([a-z_-]+\.md)", source.read_text()):
+            if not (ROOT / "docs" / name).exists():
+                broken.append(f"{source.relative_to(ROOT)}: docs/{name}")
+    assert broken == []
