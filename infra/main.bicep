@@ -3,7 +3,7 @@
 // registry (br/public:) module, so that `make infra-check` can parse and scan all of it offline.
 // pycep-parser (what checkov reads Bicep with) applies no operator precedence: it reads
 // `!empty(a) ? b : c` as `!(empty(a) ? b : c)`. Every operation that is an operand of another is
-// therefore parenthesized, so that Bicep, checkov and tests/test_infra.py read the same thing.
+// therefore parenthesized, so that Bicep, checkov and tests/infra/test_infra.py read the same thing.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -104,7 +104,7 @@ var resourceToken = toLower(uniqueString(subscription().id, environmentName, loc
 var functionAppName = 'func-${resourceToken}'
 var deploymentContainerName = 'app-package-${resourceToken}'
 var deadLetterContainerName = 'eventgrid-deadletter'
-// The app's queues (shared/settings.py QueueNames): requests, the host's poison queue for them, results.
+// The app's queues (shared/config/queues.py QueueNames): requests, the host's poison queue for them, results.
 var requestQueueName = 'completion-requests'
 var resultQueueName = 'completion-results'
 var useExistingOpenAi = !empty(openAiAccountName)

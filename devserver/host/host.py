@@ -343,8 +343,9 @@ class DevHost:
 def start_appconfig(seed: Path, emulators: Emulators | None, environ=os.environ):
     """The App Configuration and Key Vault stand-ins, seeded from ``seed``, and the bootstrap
     settings that point the app at them (over HTTPS with a local CA; the emulators' identity
-    when they run, else the store's connection string). Refreshed every 5 s unless
-    AZURE_APPCONFIG_REFRESH_SECONDS says otherwise, so a change shows quickly."""
+    when they run, else the store's connection string). A request checks the sentinel once 5 s
+    have passed since the last check (unless AZURE_APPCONFIG_REFRESH_SECONDS says otherwise), so
+    a change shows quickly."""
     from ..emulators.appconfig import AppConfigStandIns
 
     standins = AppConfigStandIns.start(seed, identity=emulators.identity if emulators is not None else None)

@@ -1,6 +1,6 @@
 // The Flex Consumption plan and the function app, running as the user-assigned identity,
-// with every setting the app reads at run time (tests/test_infra.py checks them against
-// shared/settings.py).
+// with every setting the app reads at run time (tests/infra/test_infra.py checks them against
+// shared/config/settings.py).
 param name string
 param planName string
 param location string

@@ -1,6 +1,6 @@
 // Data-plane roles on the storage account and Application Insights, for the app's identity
 // and, when a principal id is given, for the developer (so local runs against Azure work).
-// Role definition ids are Azure's built-in ones (roles.json; tests/test_infra.py checks them).
+// Role definition ids are Azure's built-in ones (roles.json; tests/infra/test_infra.py checks them).
 param storageAccountName string
 param applicationInsightsName string
 param identityPrincipalId string

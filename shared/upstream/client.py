@@ -8,8 +8,9 @@ the next ready one (each at most once per round); when none is left, it waits fo
 the earliest recovery if that fits the deadline and the retry budget.
 
 What a deployment's answer teaches (its API, the parameters it refuses:
-``knowledge``) is learned once and the same request goes again at once, to the
-same backend, without the caller seeing that answer.
+``knowledge``) is learned once and the same request goes again at once (to that
+backend, or another of the same priority: the pool chooses), without the caller
+seeing that answer.
 """
 
 from __future__ import annotations
