@@ -56,6 +56,7 @@ PROVIDER = "azure.ai.openai"  # gen_ai.provider.name's well-known value for Azur
 # The gen-AI conventions' advised bucket boundaries.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+MAX_MODEL_NAMES = 64
 SLOT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _CURRENT: contextvars.ContextVar[_Invocation | None] = contextvars.ContextVar("completions_invocation",
                                                                                   default=None)
@@ -72,6 +73,7 @@ class OTelTelemetry(Telemetry):
         self._tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME)
         self._in_flight: dict[str, int] = {}
         self._streaming: dict[str, int] = {}  # by source (http only today)
+        self._model_names: set[str] = set()  # the response models metrics have seen (model_name)
         self._in_flight_lock = threading.Lock()
         meter = meter_provider.get_meter(INSTRUMENTATION_NAME)
         self._owned = owned  # providers this object shuts down
@@ -174,6 +176,15 @@ class OTelTelemetry(Telemetry):
         with self._in_flight_lock:
             counts = list(self._in_flight.items())
         return [Observation(count, {"completions.source": source}) for source, count in counts]
+
+    def model_name(self, name: str) -> str:
+        """``name`` as a metric attribute: the upstream names the model it answered with, so only
+        the first MAX_MODEL_NAMES distinct names are kept apart; later ones are ``other`` (each
+        distinct attribute value is a metric stream held for the process's life)."""
+        if name in self._model_names or len(self._model_names) < MAX_MODEL_NAMES:
+            self._model_names.add(name)
+            return name
+        return "other"
 
     def _observe_streams(self, options: CallbackOptions) -> Any:
         with self._in_flight_lock:
@@ -320,7 +331,7 @@ class _Invocation(Invocation):
                                           "completions.status_code": end.status})
         attributes = {**common, "completions.source": self._start.source}  # of the operation and its tokens
         if end.response_model:
-            attributes["gen_ai.response.model"] = end.response_model
+            attributes["gen_ai.response.model"] = telemetry.model_name(end.response_model)
         if end.valid:  # a gen-AI operation took place (not for 400s of our own)
             defer(telemetry.operation_duration.record, time.perf_counter() - self._started,
                   {**attributes, "error.type": end.code} if end.code != "ok" else attributes)

@@ -33,7 +33,9 @@ def client_for(settings: Settings, clock: Clock, telemetry: Telemetry, old: Comp
             tokens[identity] = (old.tokens.get(identity) if old is not None else None) or TokenCache(
                 functools.partial(build_credential, auth, client_id, settings.retry), scope, clock=clock,
                 telemetry=telemetry)
-    same_backends = before is not None and before.backends == settings.backends
+    # (the pool keeps its cooldowns; a new AZURE_OPENAI_MAX_COOLDOWN needs a new pool to apply)
+    same_backends = before is not None and before.backends == settings.backends \
+        and before.retry.max_cooldown == settings.retry.max_cooldown
     same_transport = before is not None and {b.endpoint for b in before.backends} == {
         b.endpoint for b in settings.backends} and (before.retry.max_connections, before.retry.max_response_bytes) \
         == (settings.retry.max_connections, settings.retry.max_response_bytes)

@@ -40,8 +40,9 @@ def upstream_failure(exc: BaseException, exchange: Exchange) -> AppError:
         error = AppError(504, "upstream_timeout", "Azure OpenAI did not answer in time.", retryable=True)
     elif isinstance(exc, openai.error.APIConnectionError):
         error = AppError(502, "upstream_unreachable", "Could not reach Azure OpenAI.", retryable=True)
-    elif isinstance(exc, openai.error.OpenAIError) and exc.http_status == 200:
+    elif isinstance(exc, openai.error.OpenAIError) and exc.http_status == 200 and _error_body(exc):
         # an error event in the middle of a stream: openai 0.28 raises it with the stream's status
+        # (a 200 whose body openai cannot read is a bad response, below)
         message = _error_body(exc).get("message")
         text = f": {message[:300]}" if isinstance(message, str) and message else ""
         error = AppError(502, "upstream_error", f"Azure OpenAI failed in the middle of the stream{text}",

@@ -642,3 +642,19 @@ def test_a_key_setting_may_not_name_another_services_credentials(setting):
                        "api_key_setting": setting}],
                      **{setting: "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=SECRETKEY=="})
     assert "must not name" in reason and "SECRETKEY" not in reason
+
+
+def test_a_new_max_cooldown_applies_when_only_it_changes():
+    """App Configuration may change AZURE_OPENAI_MAX_COOLDOWN alone: the rebuilt client's pool uses it."""
+    from shared.clock import SYSTEM_CLOCK
+    from shared.telemetry.hooks import NOOP
+    from shared.upstream.build import client_for
+
+    base = {"AZURE_OPENAI_ENDPOINT": "https://a.openai.azure.com/", "AZURE_OPENAI_DEPLOYMENT": "d",
+            "AZURE_OPENAI_AUTH": "key", "AZURE_OPENAI_API_KEY": "k"}
+    before = load_settings(base, function_timeout=lambda: 180.0)
+    after = load_settings({**base, "AZURE_OPENAI_MAX_COOLDOWN": "7"}, function_timeout=lambda: 180.0)
+    old = client_for(before, SYSTEM_CLOCK, NOOP)
+    new = client_for(after, SYSTEM_CLOCK, NOOP, old, before)
+    assert new.pool is not old.pool and new.pool._max_cooldown == 7
+    assert client_for(after, SYSTEM_CLOCK, NOOP, new, after) is new  # nothing changed: the same client
