@@ -71,7 +71,8 @@ infra-check: $(INFRA_INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/azure-functions-doctor doctor --path . --profile deploy
+	@package=$$(mktemp -d) && $(BIN)/python -m devserver.tools.package $$package && \
+		$(BIN)/azure-functions-doctor doctor --path $$package --profile deploy; status=$$?; rm -rf $$package; exit $$status
 
 # wrk (Debian's package) loads the dev host over HTTP; without it that one metric is skipped.
 bench: $(INSTALLED)

@@ -1,8 +1,9 @@
 """Azure Functions entry points (Python v2 programming model).
 
 Thin on purpose: each function maps its trigger onto the shared completion
-pipeline (``shared.service``) and back. Settings are read once, here, at import;
-invalid settings never break indexing: requests then get 503 ``not_configured``.
+pipeline (``shared.service``) and back. Indexing (the import) reads only the binding
+metadata; the settings are loaded, and the core imported, on the first invocation.
+Invalid settings never break indexing: requests then get 503 ``not_configured``.
 
 Every function is a coroutine: the worker runs them on its event loop, so one
 instance holds hundreds of completions waiting on Azure OpenAI at once, where
@@ -25,7 +26,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response, StreamingR
 from shared import events, web
 from shared.callers import routes_are_anonymous
 from shared.config.host_json import max_dequeue_count
-from shared.config.settings import QueueNames
+from shared.config.queues import QueueNames
 from shared.service import CompletionService
 from shared.telemetry.hooks import TraceContext
 from shared.telemetry.switches import telemetry_from_environ
@@ -38,6 +39,7 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS if ANONYMOUS_ROU
 # (docs/observability.md); otherwise a no-op, and no OpenTelemetry module is imported.
 service = CompletionService.from_environ(telemetry=telemetry_from_environ())
 service.anonymous_routes = ANONYMOUS_ROUTES
+service.after_load = gc.freeze  # the core, loaded on the first invocation, lives as long as the process too
 queues = QueueNames.from_environ(os.environ)  # binding metadata: read when the host indexes the app
 recent_results = events.RecentResults()
 MAX_DEQUEUE_COUNT = max_dequeue_count()  # host.json: the delivery after which the host gives a message up

@@ -26,11 +26,12 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AppError
-from .outcome import request_id_for
-from .service import CompletionService
+
+if TYPE_CHECKING:
+    from .service import CompletionService
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ async def handle_request(service: CompletionService, recent: RecentResults, mess
     # A request with messages is a chat request; with a prompt, a completion (both: the chat
     # validator names 'prompt' as unknown).
     run = service.chat if "messages" in request else service.complete
+    from .outcome import request_id_for  # (the core is imported on the first invocation)
+
     outcome = await run(request, request_id_for(correlation_id), source=source)
     if outcome.ok:
         # the answer's JSON as the service encoded it, not a second pass over it

@@ -4,6 +4,11 @@ One ``CompletionService`` per process holds the settings and the client built
 from them (backends, token caches, connections). It never raises to its caller:
 every request ends as an ``Outcome`` (a status, a JSON body, headers), and as
 one log line.
+
+Made when the host indexes the app, it loads its settings, builds its client and
+imports the modules they need on first use (the first invocation): indexing imports
+only the binding metadata, so a cold start compiles none of the core when the
+package carries no bytecode for it (Flex Consumption runs from a read-only package).
 """
 
 from __future__ import annotations
@@ -13,37 +18,27 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .callers import HOST, Caller, CallerCheck
 from .clock import SYSTEM_CLOCK, Clock
-from .config.settings import (
-    STORE_SETTINGS,
-    Limits,
-    RetrySettings,
-    Settings,
-    SettingsError,
-    invocation_deadline,
-    load_settings,
-)
-from .contract.body import parse_json_body
+from .config import registry as R
 from .errors import not_configured
-from .handler import OPERATION_NAMES, Operation
-from .invocation import Invocation
-from .logs import configure_loggers
-from .outcome import Outcome
 from .telemetry.hooks import NOOP, InvocationStart, Telemetry
-from .upstream.build import client_for
-from .upstream.client import CompletionClient
-from .upstream.routing import model_not_found
-from .upstream.transport import UpstreamHttp
 
 if TYPE_CHECKING:
+    from .callers import Caller, CallerCheck
     from .config.appconfig import AppConfigSource
+    from .config.settings import Limits, Settings
+    from .handler import Operation
+    from .outcome import Outcome
+    from .upstream.client import CompletionClient
+    from .upstream.transport import UpstreamHttp
 
 log = logging.getLogger(__name__)
+# Either names an Azure App Configuration store (config.appconfig, imported only then).
+STORE_SETTINGS = (R.APPCONFIG_ENDPOINT.name, R.APPCONFIG_CONNECTION_STRING.name)
 
 
 class Pipeline(NamedTuple):
@@ -63,13 +58,19 @@ class CompletionService:
 
     def __init__(self, settings: Settings | None, client: CompletionClient | None,
                  problems: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK,
-                 telemetry: Telemetry = NOOP) -> None:
+                 telemetry: Telemetry = NOOP, environ: Mapping[str, str] | None = None) -> None:
+        """``environ``: app settings to load on first use instead (``settings`` and ``client`` None)."""
         self.clock = clock
         self.telemetry = telemetry  # metrics and traces (shared.telemetry.hooks): NOOP unless a switch is set
-        self._pipeline = Pipeline(settings, client, dict(problems or {}), clock.time())
+        self._loaded: Pipeline | None = None
+        self._to_load = environ
+        self._load_lock = threading.Lock()
+        if environ is None:
+            self._loaded = Pipeline(settings, client, dict(problems or {}), clock.time())
+        self.after_load: Callable[[], None] | None = None  # called once the deferred settings are loaded
         self._source: AppConfigSource | None = None
         self._app_settings: Mapping[str, str] = {}
-        self._first_load_wait = RetrySettings.deadline  # how long a request may wait for the store's first load
+        self._first_load_wait = float(R.DEADLINE.default)  # how long a request may wait for the store's first load
         self._retired: list[tuple[float, UpstreamHttp]] = []  # replaced transports, closed once drained
         self._retired_due = math.inf  # the earliest of those times: requests look at this only
         self._retired_lock = threading.Lock()  # appended to on the store's thread, drained on the loop's
@@ -81,11 +82,50 @@ class CompletionService:
     def settings(self) -> Settings | None:
         return self._pipeline.settings
 
+    @property
+    def _pipeline(self) -> Pipeline:
+        loaded = self._loaded
+        return loaded if loaded is not None else self._load()
+
+    @_pipeline.setter
+    def _pipeline(self, pipeline: Pipeline) -> None:
+        self._loaded = pipeline
+
+    def _load(self) -> Pipeline:
+        """The app settings given to ``from_environ``, loaded (and the client built) on first use."""
+        from .config.settings import SettingsError, load_settings
+
+        with self._load_lock:
+            if self._loaded is not None:
+                return self._loaded
+            assert self._to_load is not None
+            try:
+                settings = load_settings(self._to_load)
+            except SettingsError as exc:
+                log.error("the app is not configured: %s", exc)  # names and reasons only, never values
+                self._loaded = Pipeline(None, None, exc.problems, self.clock.time())
+            else:
+                self._loaded = Pipeline(settings, self._client_for(settings), {}, self.clock.time())
+            self._to_load = None
+        if self.after_load is not None:
+            self.after_load()
+        return self._loaded
+
+    def _client_for(self, settings: Settings, previous: Pipeline | None = None) -> CompletionClient:
+        from .logs import configure_loggers
+        from .upstream.build import client_for
+
+        configure_loggers(settings)
+        if previous is None:
+            return client_for(settings, self.clock, self.telemetry)
+        return client_for(settings, self.clock, self.telemetry, previous.client, previous.settings)
+
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Clock = SYSTEM_CLOCK,
                       telemetry: Telemetry = NOOP) -> CompletionService:
-        configure_loggers(settings)
-        return cls(settings, client_for(settings, clock, telemetry), clock=clock, telemetry=telemetry)
+        service = cls(None, None, clock=clock, telemetry=telemetry)
+        service._loaded = Pipeline(settings, service._client_for(settings), {}, clock.time())
+        return service
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, *,
@@ -95,15 +135,16 @@ class CompletionService:
         the first load starts in the background and this returns at once: indexing never
         waits for the store."""
         env = dict(os.environ if environ is None else environ)
-        try:
-            if not any((env.get(name) or "").strip() for name in STORE_SETTINGS):
-                return cls.from_settings(load_settings(env), clock=clock, telemetry=telemetry)
-            from .config.appconfig_bootstrap import AppConfigBootstrap  # only with a store: cold start is measured
+        if not any((env.get(name) or "").strip() for name in STORE_SETTINGS):
+            return cls(None, None, clock=clock, telemetry=telemetry, environ=env)  # loaded on first use
+        from .config.appconfig import AppConfigSource  # only with a store: cold start is measured
+        from .config.appconfig_bootstrap import AppConfigBootstrap
+        from .config.settings import SettingsError, invocation_deadline
 
+        try:
             bootstrap = AppConfigBootstrap.from_environ(env)
             if bootstrap is None:
-                return cls.from_settings(load_settings(env), clock=clock, telemetry=telemetry)
-            from .config.appconfig import AppConfigSource
+                return cls(None, None, clock=clock, telemetry=telemetry, environ=env)
         except SettingsError as exc:
             log.error("the app is not configured: %s", exc)  # names and reasons only, never values
             return cls(None, None, exc.problems, clock=clock, telemetry=telemetry)
@@ -119,6 +160,8 @@ class CompletionService:
         """The store's values over the app settings, validated like app settings (an endpoint from
         the store must be an allowed host), then swapped in (on the source's thread; raises
         SettingsError, naming the store's keys for its values, to keep the last good set)."""
+        from .config.settings import SettingsError, load_settings
+
         try:
             settings = load_settings({**self._app_settings, **values}, from_store=frozenset(values))
         except SettingsError as error:
@@ -130,14 +173,13 @@ class CompletionService:
 
     def _install(self, settings: Settings) -> None:
         previous = self._pipeline
-        client = client_for(settings, self.clock, self.telemetry, previous.client, previous.settings)
+        client = self._client_for(settings, previous)
         old = previous.client
         if old is not None and client.http is not old.http:
             drained_at = self.clock.monotonic() + (previous.settings.retry.deadline if previous.settings else 0)
             with self._retired_lock:
                 self._retired.append((drained_at, old.http))
                 self._retired_due = min(self._retired_due, drained_at)
-        configure_loggers(settings)
         self._pipeline = Pipeline(settings, client, {}, self.clock.time())  # one assignment: atomic
 
     async def aclose(self) -> None:
@@ -148,22 +190,30 @@ class CompletionService:
             retired, self._retired, self._retired_due = self._retired, [], math.inf
         for _, http in retired:
             await http.aclose()
-        if self._pipeline.client is not None:
-            await self._pipeline.client.http.aclose()
+        loaded = self._loaded  # (never loaded: nothing to close)
+        if loaded is not None and loaded.client is not None:
+            await loaded.client.http.aclose()
 
     # -- requests ------------------------------------------------------------
     async def complete(self, request: bytes | Any, request_id: str, *, source: str = "http") -> Outcome:
         """Run one completion. ``request`` is the raw body, or an already-decoded JSON document."""
+        from .handler import Operation
+
         return await self.handle(Operation("completions"), request, request_id, source=source)
 
     async def chat(self, request: bytes | Any, request_id: str, *, source: str = "http") -> Outcome:
         """Run one chat completion (the app's contract)."""
+        from .handler import Operation
+
         return await self.handle(Operation("chat"), request, request_id, source=source)
 
     async def handle(self, operation: Operation, request: bytes | Any, request_id: str, *, source: str = "http",
                      headers: Mapping[str, str] | None = None) -> Outcome:
         """Run one request of ``operation``: never raises; every request ends as an Outcome and a log line.
         ``headers`` (an HTTP request's, names lowercased): who is calling is checked first."""
+        from .handler import OPERATION_NAMES
+        from .invocation import Invocation
+
         settings = self._pipeline.settings
         start = InvocationStart(source, OPERATION_NAMES[operation.kind],
                                 settings.backends[0].deployment if settings else None, request_id)
@@ -172,6 +222,8 @@ class CompletionService:
 
     def caller(self, headers: Mapping[str, str]) -> Caller:
         """Who sent a request with ``headers``; AppError 401 (nobody), or 503 (no settings to check with)."""
+        from .callers import HOST
+
         settings = self._pipeline.settings
         if settings is None:
             if not self.anonymous_routes:
@@ -180,6 +232,8 @@ class CompletionService:
         return self.caller_check(settings).caller(headers)
 
     def caller_check(self, settings: Settings) -> CallerCheck:
+        from .callers import CallerCheck
+
         return CallerCheck(settings.callers.keys, settings.callers.platform, self.anonymous_routes)
 
     def models(self, model: str | None = None) -> dict[str, Any]:
@@ -194,11 +248,15 @@ class CompletionService:
             return {"object": "list", "data": known}
         found = next((entry for entry in known if entry["id"] == model), None)
         if found is None:
+            from .upstream.routing import model_not_found
+
             raise model_not_found(model)
         return found
 
     @staticmethod
     def document(request: bytes | Any, limits: Limits) -> Any:
+        from .contract.body import parse_json_body
+
         return parse_json_body(request, limits.max_body_bytes) if isinstance(request, (bytes, bytearray)) else request
 
     async def current(self, began: float) -> Pipeline:
@@ -238,14 +296,17 @@ class CompletionService:
 
     def max_body_bytes(self) -> int:
         settings = self._pipeline.settings
-        return (settings.limits if settings else Limits()).max_body_bytes
+        return settings.limits.max_body_bytes if settings else int(R.MAX_BODY_BYTES.default)
 
     def decode(self, body: bytes | bytearray) -> Any:
         """The JSON document in ``body`` (AppError 413/400 when too large or not JSON)."""
-        settings = self._pipeline.settings
-        return parse_json_body(body, (settings.limits if settings else Limits()).max_body_bytes)
+        from .contract.body import parse_json_body
+
+        return parse_json_body(body, self.max_body_bytes())
 
     def health(self) -> Outcome:
+        from .outcome import Outcome
+
         pipeline = self._pipeline
         configuration = self._source.describe() if self._source is not None else {
             "source": "app_settings", "loaded_at": _iso(pipeline.loaded_at), "last_refresh_error": None}

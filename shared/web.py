@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from .errors import AppError
-from .handler import Operation
-from .outcome import Outcome, request_id_for
-from .service import CompletionService
+if TYPE_CHECKING:  # the core is imported on the first request (shared.service)
+    from .outcome import Outcome
+    from .service import CompletionService
 
 JSON = "application/json"
 
@@ -43,13 +42,13 @@ class HttpAnswer(NamedTuple):
     stream: AsyncIterator[bytes] | None = None  # server-sent events (then ``body`` is empty)
 
 
-OPERATIONS = {
-    "completions": Operation("completions"),
-    "chat_completions": Operation("chat"),
-    "azure_completions": Operation("completions", "openai"),
-    "azure_chat_completions": Operation("chat", "openai"),
-    "v1_completions": Operation("completions", "openai"),
-    "v1_chat_completions": Operation("chat", "openai"),
+OPERATIONS = {  # route -> (kind, dialect): handler.Operation's
+    "completions": ("completions", "app"),
+    "chat_completions": ("chat", "app"),
+    "azure_completions": ("completions", "openai"),
+    "azure_chat_completions": ("chat", "openai"),
+    "v1_completions": ("completions", "openai"),
+    "v1_chat_completions": ("chat", "openai"),
 }
 
 
@@ -73,7 +72,10 @@ def _answer(outcome: Outcome, request_id: str) -> HttpAnswer:
 
 async def complete(service: CompletionService, route: str, call: HttpCall) -> HttpAnswer:
     """One of the completion routes (``OPERATIONS``)."""
-    operation = OPERATIONS[route]
+    from .handler import Operation
+    from .outcome import request_id_for
+
+    operation = Operation(*OPERATIONS[route])
     deployment = call.route_params.get("deployment")
     if deployment is not None:
         operation = operation._replace(model=deployment)
@@ -84,6 +86,9 @@ async def complete(service: CompletionService, route: str, call: HttpCall) -> Ht
 
 def models(service: CompletionService, call: HttpCall) -> HttpAnswer:
     """The models callers may name (``GET .../models``), or one of them (``.../models/{model}``)."""
+    from .errors import AppError
+    from .outcome import Outcome, request_id_for
+
     request_id = request_id_for(call.headers.get("x-request-id"))
     try:
         service.caller(call.headers)
@@ -94,5 +99,7 @@ def models(service: CompletionService, call: HttpCall) -> HttpAnswer:
 
 
 def health(service: CompletionService, call: HttpCall) -> HttpAnswer:
+    from .outcome import request_id_for
+
     request_id = request_id_for(call.headers.get("x-request-id"))
     return _answer(service.health(), request_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from . import registry as R
 from .backends import BackendSettings, Defaults, parse_backends
@@ -35,8 +34,6 @@ FRONT_END_LIMIT_SECONDS = 230.0
 # caller can read, rather than being cut by the host or the front end.
 STREAM_END_MARGIN = 10.0
 SEED_API_TYPES = {"azure": "key", "azure_ad": "managed_identity", "azuread": "managed_identity"}
-# Either names an Azure App Configuration store (config.appconfig, imported only then).
-STORE_SETTINGS = (R.APPCONFIG_ENDPOINT.name, R.APPCONFIG_CONNECTION_STRING.name)
 
 
 @dataclass(frozen=True)
@@ -114,22 +111,6 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.backends:
             object.__setattr__(self, "backends", (single_backend(self.upstream),))
-
-
-class QueueNames(NamedTuple):
-    """Queue names for the event-driven functions (binding metadata, read at indexing)."""
-
-    requests: str = R.REQUEST_QUEUE.default
-    results: str = R.RESULT_QUEUE.default
-
-    @property
-    def poison(self) -> str:
-        return f"{self.requests}-poison"
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> QueueNames:
-        read = Reader(environ)
-        return cls(read.text(R.REQUEST_QUEUE) or cls().requests, read.text(R.RESULT_QUEUE) or cls().results)
 
 
 class SettingsError(Exception):

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from bicep_eval import Template, Unresolved, accessor_path
 
-from shared.config.settings import QueueNames, RetrySettings, SettingsError, load_settings
+from shared.config.queues import QueueNames
+from shared.config.settings import RetrySettings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import shutil
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from devserver.tools.package import build, deployed_files, ignored_patterns, shipped
 from support.app_client import SETTING_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCTOR = Path(sys.executable).parent / "azure-functions-doctor"
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    """The deployment package, as devserver/tools/package.py builds it (what `make lint` checks)."""
+    return build(tmp_path_factory.mktemp("deploy") / "package")
 
 
 def test_make_lint_style_and_type_checks_pass():
@@ -23,28 +32,46 @@ def test_make_lint_style_and_type_checks_pass():
         assert done.returncode == 0, done.stdout + done.stderr
 
 
-def deployed_files() -> list[str]:
-    """What a deployment package holds: the tracked files that .funcignore does not exclude."""
-    ignored = [line.strip() for line in (ROOT / ".funcignore").read_text().splitlines() if line.strip()]
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return [path for path in tracked.split() if not any(fnmatch.fnmatch(part, pattern) for part in Path(path).parts
-                                                        for pattern in ignored)]
-
-
-def test_azure_functions_doctor_finds_no_failures_in_the_package(tmp_path):
-    """On the files that deploy (the doctor walks every file under its path once per rule:
-    on the working tree, with its virtual environments, that takes half a minute)."""
-    package = tmp_path / "package"
-    for path in deployed_files():
-        (package / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / path, package / path)
+def test_azure_functions_doctor_finds_no_failures_in_the_package(package):
+    """On the files that deploy, as `make lint` runs it (the doctor walks every file under its
+    path once per rule: on the working tree, with its virtual environments and tests, that takes
+    half a minute and judges files that never ship)."""
     assert {"function_app.py", "host.json", "requirements.txt", "shared/service.py",
             "shared/config/settings.py"} <= set(deployed_files())
-    summary = tmp_path / "summary.json"
+    assert "devserver.tools.package" in (ROOT / "Makefile").read_text().split("\nlint:")[1].split("\n\n")[0]
+    summary = package.parent / "summary.json"
     done = subprocess.run([str(DOCTOR), "doctor", "--path", str(package), "--profile", "deploy",
                            "--summary-json", str(summary)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(summary.read_text())["failed"] == 0
+
+
+def test_the_package_carries_the_apps_bytecode_and_a_read_only_import_compiles_nothing(package):
+    """Flex Consumption runs the package read-only: each module it carries no bytecode for would be
+    compiled at every cold start. The prepackage hook (azure.yaml) writes checked-hash bytecode."""
+    assert "prepackage" in (ROOT / "azure.yaml").read_text()
+    sources = [package / "function_app.py", *(package / "shared").rglob("*.py")]
+    for source in sources:
+        compiled = source.parent / "__pycache__" / f"{source.stem}.cpython-311.pyc"
+        assert compiled.exists(), source
+        assert int.from_bytes(compiled.read_bytes()[4:8], "little") == 0b11, compiled  # checked-hash
+        assert shipped(str(compiled.relative_to(package)), ignored_patterns())  # .funcignore lets it through
+    for path in package.rglob("*"):
+        path.chmod(path.stat().st_mode & ~0o222)  # read-only, as Flex Consumption mounts it
+    try:
+        env = {**os.environ, "AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9/", "AZURE_OPENAI_DEPLOYMENT": "d",
+               "AZURE_OPENAI_AUTH": "key", "AZURE_OPENAI_API_KEY": "k", "PYTHONPATH": ""}
+        done = subprocess.run([sys.executable, "-v", "-c", "import function_app; function_app.service.settings; "
+                               "import shared.invocation"], cwd=package, env=env, capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        for path in package.rglob("*"):
+            path.chmod(path.stat().st_mode | 0o200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from_bytecode = re.findall(r"^# code object from '?(\S+?\.pyc)'?$", done.stderr, re.MULTILINE)
+    app_modules = [line for line in from_bytecode if str(package) in line]
+    assert len(app_modules) >= 40, done.stderr[-2000:]  # the core, from the package's bytecode
+    assert not re.search(rf"^# (?:could not|can't) .*{re.escape(str(package))}", done.stderr, re.MULTILINE)
 
 
 def test_local_settings_example_is_what_core_tools_expects():

@@ -20,12 +20,33 @@ def test_importing_function_app_never_fails_on_bad_settings():
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     env["AZURE_OPENAI_TIMEOUT"] = "not a number"
     script = ("import function_app, json; print(json.dumps(sorted(f.get_function_name() "
-              "for f in function_app.app.get_functions())))")
+              "for f in function_app.app.get_functions()))); function_app.service.settings")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "completions" in json.loads(done.stdout) and "health" in json.loads(done.stdout)
+    # logged when the settings are first used (the first invocation), by name, never the value
     assert "AZURE_OPENAI_ENDPOINT" in done.stderr and "not a number" not in done.stderr
+
+
+def test_indexing_imports_only_the_binding_metadata():
+    """Cold start: the core (settings, contracts, the upstream client, openai) is imported by the
+    first invocation, not when the host indexes the app; then only what that request needs."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    env.update(AZURE_OPENAI_ENDPOINT="http://127.0.0.1:9/", AZURE_OPENAI_DEPLOYMENT="d", AZURE_OPENAI_AUTH="key",
+               AZURE_OPENAI_API_KEY="k")
+    script = ("import sys, json, function_app; indexed = set(sys.modules); function_app.service.settings; "
+              "print(json.dumps([sorted(indexed), sorted(set(sys.modules) - indexed)]))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    indexed, first_use = json.loads(done.stdout)
+    core = ("shared.upstream", "shared.contract", "shared.config.settings", "shared.handler", "shared.invocation",
+            "openai", "aiohttp")
+    assert not [name for name in indexed if name.startswith(core)]
+    assert {"shared.config.settings", "shared.upstream.client", "openai"} <= set(first_use)
+    assert not [name for name in first_use if name.startswith(("shared.contract.stream", "shared.config.appconfig",
+                                                                 "opentelemetry", "azure.identity"))]
 
 
 @pytest.mark.parametrize("auth", ["key", "managed_identity"])

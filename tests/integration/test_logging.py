@@ -66,9 +66,9 @@ def test_openai_log_switch_is_warned_about(configure_app, monkeypatch, caplog):
     """openai 0.28 prints request bodies to stderr itself when OPENAI_LOG is set."""
     monkeypatch.setenv("OPENAI_LOG", "debug")
     with caplog.at_level(logging.WARNING, logger="shared.logs"):
-        configure_app()
+        assert configure_app().settings is not None  # (the settings load on first use)
     assert "OPENAI_LOG is set" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="shared.logs"):
-        configure_app(COMPLETIONS_LOG_TEXT="true")  # text logging asked for: nothing to warn about
+        assert configure_app(COMPLETIONS_LOG_TEXT="true").settings  # text logging asked for: nothing to warn about
     assert "OPENAI_LOG" not in caplog.text

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from shared.config.host_json import function_timeout_seconds
+from shared.config.queues import QueueNames
 from shared.config.registry import DEFAULT_API_VERSION, DEFAULT_TOKEN_SCOPE
-from shared.config.settings import QueueNames, SettingsError, load_settings
+from shared.config.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = {"AZURE_OPENAI_ENDPOINT": "https://example.openai.azure.com/",
