@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from .callers import HOST
 from .clock import Deadline
 from .config.settings import Settings
-from .contract.stream import DONE, StreamShaper, event
 from .errors import AppError, internal_error
 from .handler import Operation, bounded, shape, stream_headers, telemetry_end, validate
 from .logs import log_invocation
@@ -29,6 +28,7 @@ from .telemetry.hooks import Invocation as TelemetryCall
 from .upstream.client import CompletionClient, UpstreamResult
 
 if TYPE_CHECKING:
+    from .contract.stream import StreamShaper
     from .service import CompletionService
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ class Invocation:
         self.result = result = await client.stream(upstream, deadline, self.request_id, model=model,
                                                    chat=settings.chat, until=until)
         options = self.params.get("stream_options") or {}
+        from .contract.stream import StreamShaper  # only streams need it
+
         shaper = StreamShaper(kind=self.operation.kind, api=result.plan.api, n=self.params.get("n", 1),
                               calls=len(result.plan.calls), stops=result.plan.stops,
                               wants_usage=options.get("include_usage") is True)
@@ -98,6 +100,8 @@ class Invocation:
         return Outcome.streaming(stream_headers(self.operation, result), _replayed(first, events))
 
     async def _events(self, result: UpstreamResult, shaper: StreamShaper) -> AsyncGenerator[bytes]:
+        from .contract.stream import DONE, event
+
         assert result.stream is not None and result.release is not None
         failure: AppError | None = None
         first = True

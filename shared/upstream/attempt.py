@@ -22,10 +22,10 @@ from ..config.settings import RetrySettings
 from ..errors import AppError, credential_unavailable
 from .failures import check_chat, check_completion, upstream_failure
 from .plan import Plan
-from .streaming import UpstreamStream
 from .transport import Exchange, UpstreamHttp, bad_response
 
 if TYPE_CHECKING:
+    from .streaming import UpstreamStream
     from .tokens import TokenCache
 
 # Above this size, an answer's JSON is re-encoded to look for NaN or Infinity only when its
@@ -128,6 +128,8 @@ class Target:
                     await task.result()[0].aclose()
             raise failed.exceptions[0] from None
         opened = [task.result() for task in tasks]
+        from .streaming import UpstreamStream  # only streams need it
+
         return UpstreamStream([o[0] for o in opened], [o[1] for o in opened], [o[2] for o in opened],
                               between=retry.read_timeout, until=until, max_bytes=retry.max_response_bytes)
 

@@ -35,10 +35,10 @@ from .pool import DEFAULT_COOLDOWN, BackendPool, FailureKind, Recovery
 from .retry import RetryPolicy
 from .routing import Route
 from .slots import Slots
-from .streaming import UpstreamStream
 from .transport import UpstreamHttp
 
 if TYPE_CHECKING:
+    from .streaming import UpstreamStream  # (imported by the first stream)
     from .tokens import TokenCache
 
 log = logging.getLogger(__name__)

@@ -34,8 +34,9 @@ def test_indexing_imports_only_the_binding_metadata():
     first invocation, not when the host indexes the app; then only what that request needs."""
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     env.update(AZURE_OPENAI_ENDPOINT="http://127.0.0.1:9/", AZURE_OPENAI_DEPLOYMENT="d", AZURE_OPENAI_AUTH="key",
-               AZURE_OPENAI_API_KEY="k")
-    script = ("import sys, json, function_app; indexed = set(sys.modules); function_app.service.settings; "
+               AZURE_OPENAI_API_KEY="k", AZURE_OPENAI_MAX_RETRIES="0")
+    script = ("import asyncio, sys, json, function_app; indexed = set(sys.modules); "  # a plain completion, refused
+              "asyncio.run(function_app.service.complete(b'{\"prompt\": \"x\"}', 'r')); "
               "print(json.dumps([sorted(indexed), sorted(set(sys.modules) - indexed)]))")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
@@ -45,8 +46,9 @@ def test_indexing_imports_only_the_binding_metadata():
             "openai", "aiohttp")
     assert not [name for name in indexed if name.startswith(core)]
     assert {"shared.config.settings", "shared.upstream.client", "openai"} <= set(first_use)
-    assert not [name for name in first_use if name.startswith(("shared.contract.stream", "shared.config.appconfig",
-                                                                 "opentelemetry", "azure.identity"))]
+    assert not [name for name in first_use if name.startswith((
+        "shared.contract.stream", "shared.upstream.streaming", "shared.config.appconfig", "opentelemetry",
+        "azure.identity"))]
 
 
 @pytest.mark.parametrize("auth", ["key", "managed_identity"])
