@@ -82,3 +82,12 @@ def test_every_link_to_the_docs_points_at_a_page_and_heading_that_exist():
             if not (ROOT / "docs" / name).exists():
                 broken.append(f"{source.relative_to(ROOT)}: docs/{name}")
     assert broken == []
+
+
+def test_no_two_test_modules_share_a_name():
+    """The tiers are folders without __init__.py: pytest imports test modules by basename, so two of
+    one name in different tiers break collection of the whole suite."""
+    from collections import Counter
+
+    names = Counter(path.name for path in (ROOT / "tests").rglob("test_*.py"))
+    assert [name for name, count in names.items() if count > 1] == []
