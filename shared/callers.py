@@ -25,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .config import registry as R
 from .config.reader import Reader
-from .errors import AppError
+
+if TYPE_CHECKING:
+    from .errors import AppError
 
 PRINCIPAL_ID, PRINCIPAL_NAME = "x-ms-client-principal-id", "x-ms-client-principal-name"
 
@@ -41,6 +43,8 @@ def routes_are_anonymous(environ: Mapping[str, str]) -> bool:
 
 
 def invalid_api_key() -> AppError:
+    from .errors import AppError
+
     return AppError(401, "invalid_api_key", "Missing or invalid API key: send it as 'api-key: <key>' or "
                                             "'Authorization: Bearer <key>'.")
 

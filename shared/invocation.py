@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .service import CompletionService
 
 log = logging.getLogger(__name__)
+EXPIRY_GRACE = 1.0  # seconds past a stream's time limit before a stalled reader's stream is cut
 
 
 class Invocation:
@@ -91,7 +92,7 @@ class Invocation:
         shaper = StreamShaper(kind=self.operation.kind, api=result.plan.api, n=self.params.get("n", 1),
                               calls=len(result.plan.calls), stops=result.plan.stops,
                               wants_usage=options.get("include_usage") is True)
-        events = self._events(result, shaper)
+        events = self._events(result, shaper, until)
         # Started here, so that it is always closed: an async generator the event loop has seen
         # start is closed when dropped (asyncio's finalizer hook), even if the caller left before
         # the response began; one never started would hold its slots and upstream stream forever.
@@ -99,10 +100,13 @@ class Invocation:
         self.call.keep_open()  # its span and metrics end with the stream
         return Outcome.streaming(stream_headers(self.operation, result), _replayed(first, events))
 
-    async def _events(self, result: UpstreamResult, shaper: StreamShaper) -> AsyncGenerator[bytes]:
+    async def _events(self, result: UpstreamResult, shaper: StreamShaper, until: float) -> AsyncGenerator[bytes]:
         from .contract.stream import DONE, event
 
         assert result.stream is not None and result.release is not None
+        # A caller who stops reading parks this generator at a yield, where no time limit is checked:
+        # once the stream's time is up, its upstream connections close and its slots are freed anyway.
+        watchdog = asyncio.get_running_loop().call_at(until + EXPIRY_GRACE, _expire, result)
         failure: AppError | None = None
         first = True
         reported = True  # this stream's end is its invocation's outcome
@@ -134,6 +138,7 @@ class Invocation:
             failure = AppError(499, "client_closed", "The caller left before the stream ended.")
             raise
         finally:
+            watchdog.cancel()
             await result.stream.aclose()
             result.release()
             if reported:
@@ -163,6 +168,13 @@ class Invocation:
             self.call.finish(end)
         log_invocation(outcome, result, self.params, self.request_id, self.source, self.started, settings,
                        self.call.trace_id, self.caller.name)
+
+
+def _expire(result: UpstreamResult) -> None:
+    """A stream whose caller stopped reading outlived its time: close upstream, free its slots."""
+    assert result.stream is not None and result.release is not None
+    result.stream.abort()
+    result.release()
 
 
 async def _replayed(first: bytes, rest: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:

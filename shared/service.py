@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .clock import SYSTEM_CLOCK, Clock
 from .config import registry as R
-from .errors import not_configured
 from .telemetry.hooks import NOOP, InvocationStart, Telemetry
 
 if TYPE_CHECKING:
@@ -67,7 +66,8 @@ class CompletionService:
         self._load_lock = threading.Lock()
         if environ is None:
             self._loaded = Pipeline(settings, client, dict(problems or {}), clock.time())
-        self.after_load: Callable[[], None] | None = None  # called once the deferred settings are loaded
+        self.after_load: Callable[[], None] | None = None  # called once, when settings are first loaded
+        self._after_load_called = False
         self._source: AppConfigSource | None = None
         self._app_settings: Mapping[str, str] = {}
         self._first_load_wait = float(R.DEADLINE.default)  # how long a request may wait for the store's first load
@@ -101,15 +101,22 @@ class CompletionService:
             assert self._to_load is not None
             try:
                 settings = load_settings(self._to_load)
+                self._loaded = Pipeline(settings, self._client_for(settings), {}, self.clock.time())
             except SettingsError as exc:
                 log.error("the app is not configured: %s", exc)  # names and reasons only, never values
                 self._loaded = Pipeline(None, None, exc.problems, self.clock.time())
-            else:
-                self._loaded = Pipeline(settings, self._client_for(settings), {}, self.clock.time())
+            except Exception as exc:  # noqa: BLE001 - every request would fail: 503 naming why, by type
+                log.exception("the app's settings could not be applied")
+                self._loaded = Pipeline(None, None, {"settings": f"could not be applied ({type(exc).__name__})"},
+                                        self.clock.time())
             self._to_load = None
-        if self.after_load is not None:
-            self.after_load()
+        self._after_first_load()
         return self._loaded
+
+    def _after_first_load(self) -> None:
+        if self.after_load is not None and not self._after_load_called:
+            self._after_load_called = True
+            self.after_load()
 
     def _client_for(self, settings: Settings, previous: Pipeline | None = None) -> CompletionClient:
         from .logs import configure_loggers
@@ -176,11 +183,13 @@ class CompletionService:
         client = self._client_for(settings, previous)
         old = previous.client
         if old is not None and client.http is not old.http:
-            drained_at = self.clock.monotonic() + (previous.settings.retry.deadline if previous.settings else 0)
+            retry = previous.settings.retry if previous.settings else None  # (a stream may outlast a deadline)
+            drained_at = self.clock.monotonic() + (max(retry.deadline, retry.stream_seconds) + 5 if retry else 0)
             with self._retired_lock:
                 self._retired.append((drained_at, old.http))
                 self._retired_due = min(self._retired_due, drained_at)
         self._pipeline = Pipeline(settings, client, {}, self.clock.time())  # one assignment: atomic
+        self._after_first_load()  # (from App Configuration: on the store's thread)
 
     async def aclose(self) -> None:
         """Close this service's connections on the running loop (shutdown, tests)."""
@@ -228,7 +237,7 @@ class CompletionService:
         if settings is None:
             if not self.anonymous_routes:
                 return HOST
-            raise not_configured(self._problems())
+            raise self._not_configured()
         return self.caller_check(settings).caller(headers)
 
     def caller_check(self, settings: Settings) -> CallerCheck:
@@ -240,7 +249,7 @@ class CompletionService:
         """The models callers may name, in OpenAI's list shape; one of them when ``model`` is given."""
         settings = self._pipeline.settings
         if settings is None:
-            raise not_configured(self._problems())
+            raise self._not_configured()
         created = int(self._pipeline.loaded_at)
         known = [{"id": name, "object": "model", "created": created, "owned_by": "azure-openai-completions"}
                  for name in dict.fromkeys(b.model for b in settings.backends)]
@@ -276,7 +285,7 @@ class CompletionService:
             await self._close_drained()
         pipeline = self._pipeline
         if pipeline.settings is None:
-            raise not_configured(self._problems())
+            raise self._not_configured()
         return pipeline
 
     async def _close_drained(self) -> None:
@@ -287,6 +296,11 @@ class CompletionService:
             self._retired_due = min((when for when, _ in self._retired), default=math.inf)
         for http in drained:
             await http.aclose()
+
+    def _not_configured(self) -> Exception:
+        from .errors import not_configured
+
+        return not_configured(self._problems())
 
     def _problems(self) -> Mapping[str, str]:
         if self._source is not None and self._pipeline.settings is None:

@@ -150,6 +150,7 @@ class HttpTriggers:
         headers.update({INVOCATION_HEADER: invocation_id, "X-Forwarded-For": request.remote or "",
                         "X-Forwarded-Proto": request.scheme, "X-Forwarded-Host": request.host})
         response: web.StreamResponse | None = None
+        left = False
         try:
             async with asyncio.timeout(self._invoker.function_timeout):  # the invocation and the streaming
                 async with self._session().request(request.method, self._worker.url + request.raw_path,
@@ -171,10 +172,18 @@ class HttpTriggers:
             if request.transport is not None:
                 request.transport.close()  # mid-stream: the caller sees the answer cut, as from Azure
             return response
+        except asyncio.CancelledError:  # the caller hung up
+            left = True
+            raise
         finally:
-            if not invocation.done():  # no request reached the worker, or the answer was cut
+            coordinator = self._worker.coordinator
+            if invocation.done() or (left and coordinator.delivered(invocation_id)):
+                # done, or the caller left once the worker had the request: as with the host, the
+                # invocation runs to its end (its answer then goes nowhere)
+                invocation.add_done_callback(lambda _: coordinator.forget(invocation_id))
+            else:  # no request reached the worker, or the function's time ran out: it ends here
                 invocation.cancel()
-            self._worker.coordinator.forget(invocation_id)
+                coordinator.abandon(invocation_id)
 
     async def _invoke_v2(self, function: Function, route_params: dict[str, str], invocation_id: str) -> None:
         """The worker's side: wait for the proxied request, give it the host's route values

@@ -106,6 +106,20 @@ class Coordinator:
     def forget(self, invocation_id: str) -> None:
         self._pending.pop(invocation_id, None)
 
+    def delivered(self, invocation_id: str) -> bool:
+        """Whether the worker's route has the request (so the invocation has started, or will)."""
+        pair = self._pending.get(invocation_id)
+        return pair is not None and pair[0].done()
+
+    def abandon(self, invocation_id: str) -> None:
+        """The host gave the invocation up: a route still waiting for its answer answers 504 (no
+        traceback: the host has logged why), and the pair is forgotten."""
+        pair = self._pending.pop(invocation_id, None)
+        if pair is not None and not pair[1].done():
+            from starlette.responses import Response
+
+            pair[1].set_result(Response(status_code=504))
+
 
 class WorkerServer:
     """The extension's web app with the worker's catch-all route, on uvicorn at 127.0.0.1:<port>."""
@@ -139,7 +153,7 @@ class WorkerServer:
 
         catch_all.__annotations__ = {"request": request_type}  # (this module's annotations are strings)
         web_app.route(catch_all)
-        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listening.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{listening.getsockname()[1]}"

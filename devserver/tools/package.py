@@ -1,7 +1,7 @@
 """The deployment package, built into a folder: what `azd deploy` ships, bytecode included.
 
-``python -m devserver.tools.package DIR``: the tracked files ``.funcignore`` does not
-exclude, copied into DIR, then compiled as azd's prepackage hook does
+``python -m devserver.tools.package DIR``: the files ``.funcignore`` does not exclude
+(as azd zips the folder), copied into DIR, then compiled as azd's prepackage hook does
 (``infra/hooks/prepackage.py``). ``make lint`` runs the Functions doctor on it, and the
 packaging tests check it.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import shutil
 import subprocess
 import sys
@@ -29,11 +30,16 @@ def shipped(path: str, patterns: list[str]) -> bool:
     return not any(fnmatch.fnmatch(part, pattern) for part in Path(path).parts for pattern in patterns)
 
 
-def deployed_files() -> list[str]:
-    """The tracked files that deploy."""
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    patterns = ignored_patterns()
-    return [path for path in tracked.split() if shipped(path, patterns)]
+def deployed_files(root: Path = ROOT) -> list[str]:
+    """The files that deploy: what azd zips, every file of the folder that ``.funcignore`` does not
+    exclude (tracked or not: caches a tool left behind too)."""
+    patterns = [*ignored_patterns(), "__pycache__"]  # (the app's bytecode is compiled fresh into the package)
+    found = []
+    for folder, folders, files in os.walk(root):
+        folders[:] = [name for name in folders if shipped(name, patterns)]  # never walks into .venv ...
+        base = Path(folder).relative_to(root)
+        found += [(base / name).as_posix() for name in files if shipped(name, patterns)]
+    return sorted(found)
 
 
 def build(target: Path) -> Path:

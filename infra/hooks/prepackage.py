@@ -35,11 +35,17 @@ def compile_app(root: Path) -> bool:
                 and compileall.compile_dir(root / "shared", quiet=1, invalidation_mode=mode))
 
 
+def _is_runtime(python: str) -> bool:
+    """Whether ``python`` is the runtime's version (checked before handing over to it: never a loop)."""
+    check = f"import sys; sys.exit(sys.version_info[:2] != {RUNTIME!r})"
+    return subprocess.run([python, "-c", check], capture_output=True).returncode == 0
+
+
 def main(argv: list[str]) -> int:
     root = Path(argv[1]).resolve() if len(argv) > 1 else ROOT
     if sys.version_info[:2] != RUNTIME:
-        for python in (ROOT / ".venv" / "bin" / "python", shutil.which("python3.11")):
-            if python and Path(python).exists():
+        for python in (shutil.which("python3.11"), ROOT / ".venv" / "bin" / "python"):
+            if python and Path(python).exists() and _is_runtime(str(python)):
                 return subprocess.call([str(python), __file__, str(root)])
         print("prepackage: no Python 3.11 found: the package ships without the app's bytecode, so each cold "
               "start compiles its modules", file=sys.stderr)

@@ -16,7 +16,17 @@ from typing import Any
 
 from ..config.settings import Limits
 from ..errors import invalid_request
-from .fields import INT64, boolean, integer, logit_bias, number, stream_flag, string, strings
+from .fields import (
+    INT64,
+    boolean,
+    integer,
+    logit_bias,
+    number,
+    passed_through,
+    stop_sequences,
+    stream_flag,
+    string,
+)
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
@@ -38,15 +48,16 @@ def validate_chat_request(data: Any, limits: Limits, *, passthrough: bool = Fals
     """The parameters to send upstream (``model`` left out), or AppError 400 naming ``param``."""
     if not isinstance(data, dict):
         raise invalid_request("The body must be a JSON object.")
-    if not passthrough:
+    if passthrough:
+        passed_through(data)
+    else:
         unknown = sorted(set(data) - ALLOWED)
         if unknown:
             raise invalid_request(f"Unknown field(s): {', '.join(unknown)}.", unknown[0])
     params = {name: value for name, value in data.items() if value is not None}
     params.pop("model", None)  # which backends serve it: the caller's concern, not the deployment's
     _messages(params.get("messages"), limits, passthrough)
-    if "stop" in params:
-        strings(params["stop"], "stop", most=4, what="stop sequences")
+    stop_sequences(params)
     for name in ("max_tokens", "max_completion_tokens"):
         integer(params, name, 1, limits.max_tokens)
     integer(params, "n", 1, limits.max_n)
@@ -67,6 +78,8 @@ def validate_chat_request(data: Any, limits: Limits, *, passthrough: bool = Fals
     _response_format(params.get("response_format"))
     _tools(params.get("tools"))
     _tool_choice(params.get("tool_choice"), params.get("tools"))
+    if "parallel_tool_calls" in params and not params.get("tools"):
+        raise invalid_request("'parallel_tool_calls' needs 'tools'.", "parallel_tool_calls")
     _stream(params, streaming)
     return params
 
@@ -110,10 +123,10 @@ def _message(message: Any, path: str, passthrough: bool) -> None:
     if content is None and not (role == "assistant" and (calls or message.get("refusal"))):
         raise invalid_request(f"'{path}.content' is required.", f"{path}.content")
     if content is not None:
-        _content(content, f"{path}.content", role)
+        _content(content, f"{path}.content", role, passthrough)
 
 
-def _content(content: Any, path: str, role: str) -> None:
+def _content(content: Any, path: str, role: str, passthrough: bool) -> None:
     if isinstance(content, str):
         return
     if not isinstance(content, list) or not content:
@@ -121,8 +134,13 @@ def _content(content: Any, path: str, role: str) -> None:
     for index, part in enumerate(content):
         where = f"{path}[{index}]"
         kind = part.get("type") if isinstance(part, dict) else None
+        if passthrough and isinstance(kind, str) and kind not in _PART_TYPES:
+            continue  # a newer part type (input_audio, file ...): the service judges it
+        if kind == "refusal" and role == "assistant" and isinstance(part.get("refusal"), str):
+            continue  # an assistant's refusal, passed back
         if kind not in _PART_TYPES or (kind == "image_url" and role != "user"):
-            allowed = "text or image_url" if role == "user" else "text"
+            allowed = "text or image_url" if role == "user" else "text or refusal" if role == "assistant" \
+                else "text"
             raise invalid_request(f"'{where}' must be a part of type {allowed}.", f"{where}.type")
         if kind == "text" and not isinstance(part.get("text"), str):
             raise invalid_request(f"'{where}.text' must be a string.", f"{where}.text")
@@ -177,8 +195,8 @@ def _tool_choice(choice: Any, tools: Any) -> None:
         if choice not in TOOL_CHOICES:
             raise invalid_request(f"'tool_choice' must be one of {', '.join(TOOL_CHOICES)}, or a named function.",
                                   "tool_choice")
-        if choice == "required" and not tools:
-            raise invalid_request("'tool_choice' required needs 'tools'.", "tool_choice")
+        if not tools:  # (the service refuses any tool_choice without tools)
+            raise invalid_request(f"'tool_choice' {choice} needs 'tools'.", "tool_choice")
         return
     function = choice.get("function") if isinstance(choice, dict) else None
     if not (isinstance(choice, dict) and choice.get("type") == "function" and isinstance(function, dict)):

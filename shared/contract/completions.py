@@ -12,7 +12,18 @@ from typing import Any
 
 from ..config.settings import Limits
 from ..errors import invalid_request
-from .fields import INT64, boolean, integer, logit_bias, number, stream_flag, string, strings
+from .fields import (
+    INT64,
+    boolean,
+    integer,
+    logit_bias,
+    number,
+    passed_through,
+    stop_sequences,
+    stream_flag,
+    string,
+    strings,
+)
 
 ALLOWED = frozenset({
     "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "presence_penalty", "frequency_penalty",
@@ -26,7 +37,9 @@ def validate_completion_request(data: Any, limits: Limits, *, passthrough: bool 
     naming ``param``. ``passthrough``: unknown fields go to the service (the compatible routes)."""
     if not isinstance(data, dict):
         raise invalid_request("The body must be a JSON object.")
-    if not passthrough:
+    if passthrough:
+        passed_through(data)
+    else:
         unknown = sorted(set(data) - ALLOWED)
         if unknown:
             raise invalid_request(f"Unknown field(s): {', '.join(unknown)}.", unknown[0])
@@ -35,8 +48,7 @@ def validate_completion_request(data: Any, limits: Limits, *, passthrough: bool 
     if "prompt" not in params:
         raise invalid_request("'prompt' is required.", "prompt")
     strings(params["prompt"], "prompt", most=limits.max_prompts, what="the text to complete")
-    if "stop" in params:
-        strings(params["stop"], "stop", most=4, what="stop sequences")
+    stop_sequences(params)
 
     integer(params, "max_tokens", 1, limits.max_tokens)
     integer(params, "n", 1, limits.max_n)

@@ -8,6 +8,20 @@ from typing import Any
 from ..errors import invalid_request
 
 INT64 = 2 ** 63
+# Names openai 0.28's acreate(**params) takes as options of its own client, not as body fields:
+# passed through from a caller they would pick another deployment (engine), add upstream headers
+# (headers, organization), or clash with the app's own (api_key, api_base ...). Never passed on.
+CLIENT_OPTIONS = frozenset({"api_key", "api_base", "api_type", "api_version", "organization", "deployment_id",
+                            "engine", "headers", "timeout", "request_timeout", "request_id", "typed_api_type"})
+
+
+def passed_through(data: dict) -> None:
+    """On the routes that pass unknown fields to the service: refuse what the client library would
+    take as its own option."""
+    reserved = sorted(set(data) & CLIENT_OPTIONS)
+    if reserved:
+        raise invalid_request(f"'{reserved[0]}' is not a request field here: the route or 'model' chooses the "
+                              "deployment, and the app alone talks to Azure OpenAI.", reserved[0])
 
 
 def is_int(value: Any) -> bool:
@@ -38,16 +52,23 @@ def string(params: dict, name: str) -> None:
         raise invalid_request(f"'{name}' must be a string.", name)
 
 
-def strings(value: Any, name: str, *, most: int, what: str) -> None:
-    """A non-empty string, or a list of 1..most non-empty strings."""
-    if isinstance(value, str):
-        if value:
+MAX_STOP_CHARS = 1000  # a stop sequence the app applies holds back up to this much text, per choice
+
+
+def strings(value: Any, name: str, *, most: int, what: str, longest: int | None = None) -> None:
+    """A non-empty string, or a list of 1..most non-empty strings (each at most ``longest`` characters)."""
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, list) and 1 <= len(items) <= most and all(isinstance(item, str) and item for item in items):
+        if longest is None or all(len(item) <= longest for item in items):
             return
-    elif (isinstance(value, list) and 1 <= len(value) <= most
-          and all(isinstance(item, str) and item for item in value)):
-        return
+        raise invalid_request(f"'{name}': each of {what} must be at most {longest} characters.", name)
     raise invalid_request(f"'{name}' must be {what}: a non-empty string or a list of 1 to {most} "
                           "non-empty strings.", name)
+
+
+def stop_sequences(params: dict[str, Any]) -> None:
+    if "stop" in params:
+        strings(params["stop"], "stop", most=4, what="stop sequences", longest=MAX_STOP_CHARS)
 
 
 def boolean(params: dict[str, Any], name: str) -> None:

@@ -27,6 +27,14 @@ def event(document: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(document, allow_nan=False).encode() + b"\n\n"
 
 
+def _held_back(buffer: str, stop: str) -> int:
+    """How much of the end of ``buffer`` could be the start of ``stop`` (the largest such size)."""
+    for size in range(min(len(stop) - 1, len(buffer)), 0, -1):
+        if buffer.endswith(stop[:size]):
+            return size
+    return 0
+
+
 class StopFilter:
     """Stop sequences applied to streamed text, per choice."""
 
@@ -44,8 +52,7 @@ class StopFilter:
         if cut is not None:
             self.stopped.add(choice)
             return buffer[:cut], True
-        keep = max((size for stop in self._stops for size in range(min(len(stop) - 1, len(buffer)), 0, -1)
-                    if buffer.endswith(stop[:size])), default=0)
+        keep = max((_held_back(buffer, stop) for stop in self._stops), default=0)
         self._held[choice] = buffer[len(buffer) - keep:] if keep else ""
         return buffer[:len(buffer) - keep], False
 
@@ -76,7 +83,13 @@ class StreamShaper:
         """The caller's chunks for one upstream chunk (none, when it only carried usage)."""
         if isinstance(chunk.get("usage"), dict) and not chunk.get("choices"):
             self._count(chunk["usage"])
-            return [chunk] if self._wants_usage and self._calls == 1 else []
+            if not (self._wants_usage and self._calls == 1):
+                return []  # (several prompts: summed, in closing())
+            if self._to_completions:  # in the completions contract, as closing() shapes it
+                return [{**{k: chunk[k] for k in ("id", "created", "model") if k in chunk},
+                         "object": "text_completion", "choices": [],
+                         "usage": {k: v for k, v in chunk["usage"].items() if k in USAGE_COUNTS}}]
+            return [chunk]
         if chunk.get("object") and isinstance(chunk.get("model"), str) and chunk["model"]:
             self.model, self.response_id = chunk["model"], chunk.get("id")
         shaped = dict(chunk)

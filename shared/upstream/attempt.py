@@ -128,13 +128,15 @@ class Target:
                     await task.result()[0].aclose()
             raise failed.exceptions[0] from None
         opened = [task.result() for task in tasks]
-        from .streaming import UpstreamStream  # only streams need it
+        from .streaming import UpstreamStream  # only streams need it (and are built here)
 
         return UpstreamStream([o[0] for o in opened], [o[1] for o in opened], [o[2] for o in opened],
                               between=retry.read_timeout, until=until, max_bytes=retry.max_response_bytes)
 
     async def _open_one(self, api: str, params: dict[str, Any], budget: _Budget, request_id: str,
                         http: UpstreamHttp, until: float) -> tuple[AsyncGenerator[Any, None], Any, Exchange]:
+        from .streaming import readable_chunk
+
         stream: Any = None
         whole = max(0.1, until - asyncio.get_running_loop().time())
         with http.exchange() as exchange:
@@ -146,6 +148,8 @@ class Target:
                     if not isinstance(stream, AsyncGenerator):  # a 200 that is not a stream
                         raise bad_response("Azure OpenAI answered a stream request without a stream.")
                     first = await anext(stream)
+                    if not readable_chunk(first):  # (before the first byte: a failed attempt, retried)
+                        raise bad_response("Azure OpenAI sent a stream the app cannot read.")
             except Exception as exc:  # noqa: BLE001 - every failure is translated, at one boundary
                 if exchange.response is not None:
                     exchange.response.close()

@@ -159,6 +159,7 @@ class CompletionClient:
                 await self._next_round(call)
                 continue
             if call.deadline.remaining() < self._policy.min_attempt:
+                self.pool.release(backend, call)  # (chosen as a probe: give the role back)
                 raise call.given_up(call.last or no_time())
             try:
                 result = await self._try(call, backend)
@@ -285,7 +286,8 @@ class CompletionClient:
         cooldown = error.retry_after if error.retry_after is not None else \
             0.0 if len(self.pool) == 1 else DEFAULT_COOLDOWN
         self.pool.record_failure(backend, kind, error.upstream_headers if error.upstream_status in (429, 503)
-                                 else None, default_cooldown=cooldown, cause=error,
+                                 else None, default_cooldown=cooldown,
+                                 cause=error.replace(),  # a copy: no traceback, whose frames hold the token
                                  detail=f"{error.code}, HTTP {error.upstream_status or '-'}")
         # INFO, per attempt: an outage fails every caller's attempts at once, and the lines
         # an operator acts on are the pool's and the token cache's, once per episode.

@@ -144,7 +144,12 @@ def check_chat(response: Any, scan: bool = True) -> None:
 def _readable_choice(choice: Any) -> bool:
     message = choice.get("message") if isinstance(choice, dict) else None
     return isinstance(message, dict) and isinstance(message.get("content"), (str, type(None))) \
-        and isinstance(message.get("tool_calls"), (list, type(None)))
+        and isinstance(message.get("tool_calls"), (list, type(None))) and _index(choice)
+
+
+def _index(choice: dict) -> bool:
+    index = choice.get("index", 0)
+    return type(index) is int and index >= 0
 
 
 def _count(value: Any) -> bool:

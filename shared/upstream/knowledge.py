@@ -30,6 +30,9 @@ REFUSAL_CODES = ("unsupported_parameter", "unsupported_value")
 OTHER_API = {"chat": "completions", "completions": "chat"}
 
 
+_API_NAMES = {"chat": "chat completions", "completions": "completions"}
+
+
 class Knowledge:
     def __init__(self) -> None:
         self._api: dict[str, str] = {}
@@ -50,8 +53,8 @@ class Knowledge:
             if self._api.get(backend.name, "chat") == other:
                 return False
             self._api[backend.name] = other
-        log.warning("backend %s: the deployment does not serve %s completions; using %s completions from now on "
-                    "(set its api to skip this first call)", backend.name, tried, other)
+        log.warning("backend %s: the deployment does not serve %s; using %s from now on (set its api to skip "
+                    "this first call)", backend.name, _API_NAMES[tried], _API_NAMES[other])
         return True
 
     def refused(self, backend: BackendSettings) -> frozenset[str]:

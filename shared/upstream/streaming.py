@@ -96,7 +96,7 @@ class UpstreamStream:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _checked(self, chunk: Any) -> dict[str, Any]:
-        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
+        if not readable_chunk(chunk):
             raise bad_response("Azure OpenAI sent a stream the app cannot read.")
         try:
             self._size += len(json.dumps(chunk, allow_nan=False))
@@ -106,6 +106,12 @@ class UpstreamStream:
             raise bad_response(f"Azure OpenAI sent a stream larger than the app's limit of {self._max_bytes} bytes.")
         return chunk
 
+    def abort(self) -> None:
+        """Close every upstream connection now, from outside the stream's reading (idempotent)."""
+        for exchange in self._exchanges:
+            if exchange.response is not None:
+                exchange.response.close()
+
     async def aclose(self) -> None:
         """Close every upstream stream now: their connections close, so the deployment stops (openai's
         generator would release its connection only when it is finalized)."""
@@ -114,6 +120,16 @@ class UpstreamStream:
                 exchange.response.close()
             with contextlib.suppress(Exception):
                 await stream.aclose()
+
+
+def readable_chunk(chunk: Any) -> bool:
+    """A chunk the app can shape: an object whose choices are objects with a non-negative integer index."""
+    if not isinstance(chunk, dict):
+        return False
+    choices = chunk.get("choices", [])
+    return isinstance(choices, list) and all(
+        isinstance(choice, dict) and type(choice.get("index", 0)) is int and choice.get("index", 0) >= 0
+        for choice in choices)
 
 
 def _stalled(seconds: float) -> AppError:

@@ -182,3 +182,20 @@ def wait_for_cut(emulator, timeout: float = 5.0) -> dict:
             return cuts[-1]
         time.sleep(0.05)
     raise AssertionError(f"the emulator saw no stream cut within {timeout} s: {emulator.stats()['streams']}")
+
+
+def test_a_caller_who_hangs_up_before_the_answer_leaves_the_invocation_to_finish(host, emulator):
+    """As with the Functions host: the invocation is not cancelled; it ends, logs its line, and
+    nothing is left waiting in the worker's route (the dev host then stops at once)."""
+    emulator.config(latency_ms=1000)  # (within AZURE_OPENAI_TIMEOUT)
+    body = json.dumps({"model": CHAT, "messages": USER}).encode()
+    host_part = host.url.removeprefix("http://")
+    address = host_part.split(":")
+    with socket.create_connection((address[0], int(address[1])), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: " + host_part.encode() +
+                     b"\r\nContent-Type: application/json\r\nx-request-id: hung-up-1\r\nContent-Length: " +
+                     str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(0.3)  # the invocation is running; the caller hangs up
+    [line] = host.wait_for_log(r"completion request_id=hung-up-1 ", timeout=10)
+    assert "status=200 code=ok" in line
+    assert "CancelledError" not in host.log

@@ -46,6 +46,19 @@ def test_azure_functions_doctor_finds_no_failures_in_the_package(package):
     assert json.loads(summary.read_text())["failed"] == 0
 
 
+def test_the_package_holds_the_app_and_nothing_a_tool_left_in_the_folder(tmp_path):
+    """azd zips the folder less .funcignore, tracked or not: caches (mypy's, ruff's: tens of MB), a .env,
+    the test and dev folders never ship."""
+    assert {path.split("/")[0] for path in deployed_files()} <= {
+        "function_app.py", "host.json", "requirements.txt", ".funcignore", "shared"}
+    for left_behind in (".mypy_cache/3.11/x.json", ".ruff_cache/x", ".env", ".coverage", "tests/conftest.py",
+                        "devserver/__main__.py", ".venv/bin/python", "local.settings.json", "shared/__pycache__/x.pyc"):
+        (tmp_path / left_behind).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / left_behind).write_text("x")
+    (tmp_path / "function_app.py").write_text("")
+    assert deployed_files(tmp_path) == ["function_app.py"]
+
+
 def test_the_package_carries_the_apps_bytecode_and_a_read_only_import_compiles_nothing(package):
     """Flex Consumption runs the package read-only: each module it carries no bytecode for would be
     compiled at every cold start. The prepackage hook (azure.yaml) writes checked-hash bytecode."""

@@ -189,6 +189,9 @@ def test_a_replaced_transport_is_closed_once_its_invocations_have_drained(app_wi
     assert wait_for(lambda: service._pipeline.client.http is not old_http)
     assert post_completions(SEED).status == 200
     assert [http for _, http in service._retired] == [old_http]  # kept while invocations may still use it
-    clock.advance(10.5)  # past the old settings' deadline
+    drained = max(service.settings.retry.deadline, service.settings.retry.stream_seconds) + 5
+    clock.advance(drained - 1)  # a stream may still be using it: the old settings' longest stream
+    assert post_completions(SEED).status == 200 and [http for _, http in service._retired] == [old_http]
+    clock.advance(1.5)
     assert post_completions(SEED).status == 200
     assert service._retired == [] and not old_http._sessions  # closed

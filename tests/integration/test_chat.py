@@ -191,6 +191,15 @@ def test_an_invalid_chat_body_never_reaches_the_deployment(on, emulators):
     assert upstream_calls(emulators) == 0
 
 
+def test_a_body_cannot_pick_another_deployment_or_add_upstream_headers(on, emulators):
+    """The compatible routes pass unknown fields on; never the client library's own options."""
+    on(CHAT)
+    for smuggled in ({"engine": "gpt-4o"}, {"headers": {"api-key": "x"}}, {"organization": "o"}):
+        reply = post("v1_chat_completions", {"model": CHAT, "messages": [USER], **smuggled})
+        assert reply.status == 400 and reply.body["error"]["param"] == next(iter(smuggled)), reply.body
+    assert upstream_calls(emulators) == 0
+
+
 def test_a_chat_request_to_a_completions_only_deployment_is_named(on, emulators):
     on(LEGACY)
     reply = post("chat_completions", {"messages": [USER]})

@@ -31,7 +31,9 @@ def inject(emulators, *faults) -> None:
 
 @pytest.fixture(autouse=True)
 def fresh_memory(monkeypatch):
-    monkeypatch.setattr(function_app, "recent_results", type(function_app.recent_results)())
+    from shared.events import RecentResults
+
+    monkeypatch.setattr(function_app, "recent_results", RecentResults())
 
 
 # -- queue -----------------------------------------------------------------------------------

@@ -56,3 +56,45 @@ def test_a_streamed_response_nobody_reads_still_frees_its_slot_and_closes_upstre
     assert wait_for(lambda: emulators.openai_control.stats()["streams"]["cut_by_client"] == 1, 5)
     streamed = post_stream("chat_completions", {**BODY, "max_tokens": 10})  # the one slot is free again
     assert streamed.status == 200 and streamed.events[-1] == "[DONE]"
+
+
+def test_a_caller_who_stops_reading_loses_its_slot_and_upstream_when_the_streams_time_is_up(
+        configure_app, emulators, monkeypatch, clock):
+    """One slot; the first caller reads one event and then nothing: once its stream's time (2 s here)
+    and the grace have passed, the upstream connection is closed and the slot serves the next caller."""
+    import asyncio
+
+    configure_app(auth="key", AZURE_OPENAI_DEPLOYMENT=CHAT, AZURE_OPENAI_API="chat", AZURE_OPENAI_DEADLINE="1",
+                  AZURE_OPENAI_MAX_CONCURRENCY="1", AZURE_OPENAI_TIMEOUT="30")
+    service = CompletionService.from_settings(load_settings(dict(os.environ), function_timeout=lambda: 12.0),
+                                              clock=clock)
+    monkeypatch.setattr(function_app, "service", service)
+    emulators.openai_control.faults({"stream": "stall", "after_chunks": 3})  # the connection stays open
+    user_function = function_app.chat_completions.build().get_user_function()
+
+    async def scenario() -> tuple[int, int]:
+        stalled = await user_function(completions_request(BODY))
+        await anext(stalled.body_iterator)  # one event, then the caller reads no more
+        await asyncio.sleep(3.5)  # past the stream's 2 s and the 1 s grace
+        after = await user_function(completions_request({**BODY, "stream": False, "max_tokens": 5}))
+        await stalled.body_iterator.aclose()
+        return stalled.status_code, after.status_code
+
+    try:
+        assert LOOP.run(scenario()) == (200, 200)  # (without the cut: 503 overloaded, the slot still held)
+        assert wait_for(lambda: emulators.openai_control.stats()["streams"]["cut_by_client"] == 1, 5), \
+            emulators.openai_control.stats()["streams"]
+    finally:
+        LOOP.run(service.aclose())
+
+
+def test_an_unreadable_first_chunk_is_a_failed_attempt_retried_as_without_a_stream(configure_app, emulators):
+    """Before the first byte reaches the caller, a stream fails as a plain request does: retried."""
+    configure_app(auth="key", AZURE_OPENAI_DEPLOYMENT=CHAT, AZURE_OPENAI_API="chat")
+    for first in ("[1]", '{"choices": [{"index": "0", "delta": {}}]}'):
+        emulators.openai_control.reset()
+        emulators.openai_control.faults({"status": 200, "raw": f"data: {first}\n\ndata: [DONE]\n\n",
+                                         "headers": {"Content-Type": "text/event-stream"}})
+        streamed = post_stream("chat_completions", {**BODY, "max_tokens": 5})
+        assert streamed.status == 200 and streamed.events[-1] == "[DONE]", streamed.events[-1]
+        assert emulators.openai_control.stats()["chat_requests"] == 2

@@ -118,3 +118,37 @@ def test_streaming_is_accepted_where_it_is_served():
     params = validate_chat_request({"messages": [USER], "stream": True, "stream_options": {"include_usage": True}},
                                    LIMITS, streaming=True)
     assert params["stream"] is True and params["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("name", sorted(__import__("shared.contract.fields", fromlist=["x"]).CLIENT_OPTIONS))
+def test_passed_through_fields_never_include_the_client_librarys_own_options(name):
+    """openai 0.28's acreate(**params) would take these as its own: another deployment ('engine'),
+    headers upstream, the app's key or endpoint. On the compatible routes they are refused by name."""
+    from shared.contract.completions import validate_completion_request
+
+    assert problem({"messages": [USER], name: "x"}, passthrough=True)[0] == name
+    with pytest.raises(AppError) as caught:
+        validate_completion_request({"prompt": "hi", name: "x"}, LIMITS, passthrough=True)
+    assert caught.value.param == name
+    assert validate_chat_request({"messages": [USER], "store": False}, LIMITS, passthrough=True)["store"] is False
+
+
+def test_a_stop_sequence_is_at_most_1000_characters():
+    """The app applies a reasoning deployment's stop itself, holding back what could be its start."""
+    assert problem({"messages": [USER], "stop": ["x" * 1001]})[0] == "stop"
+    assert validate_chat_request({"messages": [USER], "stop": "x" * 1000}, LIMITS)["stop"] == "x" * 1000
+
+
+def test_tool_choice_and_parallel_tool_calls_need_tools():
+    """The service refuses them without tools: refused here, before any upstream call."""
+    for choice in ("none", "auto", "required"):
+        assert problem({"messages": [USER], "tool_choice": choice})[0] == "tool_choice"
+    assert problem({"messages": [USER], "parallel_tool_calls": True})[0] == "parallel_tool_calls"
+
+
+def test_an_assistants_refusal_part_is_accepted_and_newer_parts_pass_through_on_the_compatible_routes():
+    refused = {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]}
+    assert validate_chat_request({"messages": [USER, refused, USER]}, LIMITS)["messages"][1] == refused
+    audio = {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}
+    assert validate_chat_request({"messages": [audio]}, LIMITS, passthrough=True)["messages"] == [audio]
+    assert problem({"messages": [audio]})[0] == "messages[0].content[0].type"  # the app's own contract: by name

@@ -73,3 +73,18 @@ def test_usage_is_passed_on_only_when_the_caller_asked():
     silent = StreamShaper(kind="chat", api="chat", n=1, calls=1, stops=(), wants_usage=False)
     assert silent.shape(0, USAGE) == [] and silent.usage["total_tokens"] == 12
     assert silent.closing(None) == []
+
+
+def test_the_usage_chunk_of_one_prompt_on_a_chat_deployment_is_in_the_completions_contract():
+    shaper = StreamShaper(kind="completions", api="chat", n=1, calls=1, stops=(), wants_usage=True)
+    [usage] = shaper.shape(0, {**USAGE, "usage": {**USAGE["usage"], "completion_tokens_details": {"x": 1}}})
+    assert usage["object"] == "text_completion" and usage["choices"] == []
+    assert usage["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+
+
+@pytest.mark.parametrize("index", ["1", -1, 1.0, None])
+def test_a_chunk_whose_choice_index_is_not_a_count_is_unreadable(index):
+    from shared.upstream.streaming import readable_chunk
+
+    assert not readable_chunk(chat_chunk("x", index=index))
+    assert readable_chunk(chat_chunk("x", index=3)) and readable_chunk(USAGE)
