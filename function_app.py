@@ -19,17 +19,23 @@ import gc
 import logging
 import os
 import uuid
+from typing import TYPE_CHECKING
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
 
-from shared import events, web
+from shared import web
 from shared.callers import routes_are_anonymous
 from shared.config.host_json import max_dequeue_count
 from shared.config.queues import QueueNames
 from shared.service import CompletionService
 from shared.telemetry.hooks import TraceContext
 from shared.telemetry.switches import telemetry_from_environ
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from shared.events import RecentResults
 
 # Binding metadata, read when the host indexes the app: with caller keys or App Service
 # Authentication the host lets requests through and the app checks the caller (shared.callers).
@@ -41,7 +47,7 @@ service = CompletionService.from_environ(telemetry=telemetry_from_environ())
 service.anonymous_routes = ANONYMOUS_ROUTES
 service.after_load = gc.freeze  # the core, loaded on the first invocation, lives as long as the process too
 queues = QueueNames.from_environ(os.environ)  # binding metadata: read when the host indexes the app
-recent_results = events.RecentResults()
+recent_results: "RecentResults | None" = None  # answered queue requests, remembered (_events)
 MAX_DEQUEUE_COUNT = max_dequeue_count()  # host.json: the delivery after which the host gives a message up
 # Identity-based connections use the same name as a prefix: AzureWebJobsStorage__queueServiceUri, ...
 STORAGE = "AzureWebJobsStorage"
@@ -141,6 +147,17 @@ async def health(req: Request) -> Response:
 
 
 # -- event-driven -----------------------------------------------------------------------------------
+def _events() -> "ModuleType":
+    """shared.events, and this instance's memory of answered requests, made with the first message
+    (an instance that only serves HTTP never imports them: cold start is measured)."""
+    global recent_results
+    from shared import events
+
+    if recent_results is None:
+        recent_results = events.RecentResults()
+    return events
+
+
 @app.queue_trigger(arg_name="msg", queue_name=queues.requests, connection=STORAGE)
 @app.queue_output(arg_name="result", queue_name=queues.results, connection=STORAGE)
 async def completion_from_queue(msg: func.QueueMessage, result: func.Out[str],
@@ -149,6 +166,7 @@ async def completion_from_queue(msg: func.QueueMessage, result: func.Out[str],
     Raises on transient failures so the host redelivers the message."""
     logging.info("queue message id=%r dequeue_count=%s", msg.id, msg.dequeue_count)
     with service.telemetry.continue_trace(TraceContext.of(context)):
+        events = _events()
         result.set(await events.handle_request(service, recent_results, msg.get_body(),
                                                fallback_id=msg.id or uuid.uuid4().hex, source="queue",
                                                last_delivery=(msg.dequeue_count or 0) >= MAX_DEQUEUE_COUNT))
@@ -159,7 +177,7 @@ async def completion_from_queue(msg: func.QueueMessage, result: func.Out[str],
 async def completion_poisoned(msg: func.QueueMessage, result: func.Out[str]) -> None:
     """A request the host gave up on: answer it with a ``failed`` result (code ``poisoned``)."""
     logging.warning("poisoned queue message id=%r dequeue_count=%s", msg.id, msg.dequeue_count)
-    result.set(events.poisoned_result(service, msg.get_body(), fallback_id=msg.id or uuid.uuid4().hex))
+    result.set(_events().poisoned_result(service, msg.get_body(), fallback_id=msg.id or uuid.uuid4().hex))
 
 
 @app.event_grid_trigger(arg_name="event")
@@ -172,6 +190,7 @@ async def completion_from_event_grid(event: func.EventGridEvent, result: func.Ou
     event_type = event.type if isinstance(event, func.CloudEvent) else event.event_type
     logging.info("event grid event id=%r type=%r subject=%r", event.id, event_type, event.subject)
     with service.telemetry.continue_trace(TraceContext.of(context)):
+        events = _events()
         result.set(await events.handle_request(service, recent_results, event.get_json(), fallback_id=event.id,
                                                source="eventgrid"))
 
