@@ -20,6 +20,9 @@ SETTING_PREFIXES = ("AZURE_OPENAI_", "OPENAI_", "COMPLETIONS_", "IDENTITY_", "MS
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
     env["PYTHONPATH"] = str(ROOT)
+    # The app imports the streaming extension: the worker (and the dev host) serve it only with
+    # this app setting, as make run and the Bicep template set it.
+    env["PYTHON_ENABLE_INIT_INDEXING"] = "1"
     env.update(extra)
     return env
 
@@ -56,3 +59,20 @@ class Row:
 
 def fmt(value: float, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
+
+
+def start_worker(module: str, side: str, scenario: str, emulator_info: dict, stdin: bool = False,
+                 **config) -> subprocess.Popen:
+    """``python -m benchmarks.<module> side scenario '<config>'``, against the emulator ``emulator_info``
+    describes; it prints its results as its last line (``finish``)."""
+    return subprocess.Popen([PYTHON, "-m", f"benchmarks.{module}", side, scenario,
+                             json.dumps({"emulator": emulator_info, **config})],
+                            cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, text=True,
+                            stdin=subprocess.PIPE if stdin else None)
+
+
+def finish(worker: subprocess.Popen, timeout: float = 300) -> dict:
+    out, _ = worker.communicate(timeout=timeout)
+    if worker.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed ({worker.returncode})")
+    return json.loads(out.strip().splitlines()[-1])

@@ -23,15 +23,14 @@ def main() -> int:
     import function_app
 
     imported = time.perf_counter() - started
-    import azure.functions as func
+    from benchmarks.worker import function_request
 
     user_function = function_app.completions.build().get_user_function()
     body = json.dumps(REQUEST).encode()
     loop = asyncio.new_event_loop()
 
     def call() -> int:
-        request = func.HttpRequest(method="POST", url="http://localhost:7071/api/completions", body=body,
-                                   headers={"content-type": "application/json"})
+        request = function_request(body)
         began = time.perf_counter_ns()
         status = loop.run_until_complete(user_function(request)).status_code
         elapsed = time.perf_counter_ns() - began

@@ -1,9 +1,10 @@
 """One side of one benchmark, in its own process: ``python -m benchmarks.worker SIDE SCENARIO CONFIG``.
 
-SIDE is ``app`` (the function's user function, a coroutine: ``func.HttpRequest``
-in, ``func.HttpResponse`` out, settings from the environment as in Azure, run on
-one event loop as the Functions worker runs it) or ``baseline`` (the seed guide:
-``openai.Completion.create`` with global configuration, on threads). Each side
+SIDE is ``app`` (the function's user function, a coroutine: the FastAPI ``Request``
+the worker builds in, a ``Response`` out (the streaming extension's types), settings
+from the environment as in Azure, run on one event loop as the Functions worker runs
+it) or ``baseline`` (the seed guide: ``openai.Completion.create`` with global
+configuration, on threads). Each side
 runs in a separate process because openai's sessions and globals would otherwise
 be shared between them. Prints one JSON line of results.
 """
@@ -29,19 +30,24 @@ def app_call(emulator: dict, settings: dict | None = None) -> Callable[[], Await
         "AZURE_OPENAI_AUTH": "managed_identity", "IDENTITY_ENDPOINT": emulator["identity_endpoint"],
         "IDENTITY_HEADER": emulator["identity_header"], "AZURE_OPENAI_TIMEOUT": "10", **(settings or {}),
     })
-    import azure.functions as func
-
     import function_app
 
     user_function = function_app.completions.build().get_user_function()
     body = json.dumps(REQUEST).encode()
 
     async def call() -> int:
-        request = func.HttpRequest(method="POST", url="http://localhost:7071/api/completions", body=body,
-                                   headers={"content-type": "application/json"})
-        return (await user_function(request)).status_code
+        return (await user_function(function_request(body))).status_code
 
     return call
+
+
+def function_request(body: bytes, path: str = "/api/completions", path_params: dict[str, str] | None = None):
+    """The FastAPI ``Request`` the worker hands an HTTP function of the app for a POST of ``body``
+    (the tests' builder: tests/support/worker_requests.py)."""
+    from tests.support.worker_requests import http_request
+
+    return http_request("POST", path, body, {"content-type": "application/json",
+                                             "content-length": str(len(body))}, path_params)
 
 
 def baseline_call(emulator: dict) -> Callable[[], int]:
