@@ -122,7 +122,7 @@ def test_a_failure_before_the_first_byte_is_a_json_error_with_its_status(host, e
 
 
 def test_before_the_first_byte_a_failure_is_retried_as_today(host, emulator):
-    emulator.faults({"status": 503})
+    emulator.faults({"status": 503, "retry_after": 1})
     reply, events = sse(host, "/api/v1/chat/completions", {"model": CHAT, "messages": USER})
     assert reply.status_code == 200 and events[-1] == "[DONE]" and content(events)
     assert emulator.stats()["requests_by_status"].get("503") == 1
