@@ -22,10 +22,10 @@ from .fields import (
     integer,
     logit_bias,
     number,
-    passed_through,
     stop_sequences,
     stream_flag,
     string,
+    top_level,
 )
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -46,16 +46,7 @@ ALLOWED = frozenset({
 def validate_chat_request(data: Any, limits: Limits, *, passthrough: bool = False,
                           streaming: bool = False) -> dict[str, Any]:
     """The parameters to send upstream (``model`` left out), or AppError 400 naming ``param``."""
-    if not isinstance(data, dict):
-        raise invalid_request("The body must be a JSON object.")
-    if passthrough:
-        passed_through(data)
-    else:
-        unknown = sorted(set(data) - ALLOWED)
-        if unknown:
-            raise invalid_request(f"Unknown field(s): {', '.join(unknown)}.", unknown[0])
-    params = {name: value for name, value in data.items() if value is not None}
-    params.pop("model", None)  # which backends serve it: the caller's concern, not the deployment's
+    params = top_level(data, ALLOWED, passthrough)
     _messages(params.get("messages"), limits, passthrough)
     stop_sequences(params)
     for name in ("max_tokens", "max_completion_tokens"):
@@ -80,13 +71,8 @@ def validate_chat_request(data: Any, limits: Limits, *, passthrough: bool = Fals
     _tool_choice(params.get("tool_choice"), params.get("tools"))
     if "parallel_tool_calls" in params and not params.get("tools"):
         raise invalid_request("'parallel_tool_calls' needs 'tools'.", "parallel_tool_calls")
-    _stream(params, streaming)
+    stream_flag(params, streaming)
     return params
-
-
-def _stream(params: dict[str, Any], streaming: bool) -> None:
-    if stream_flag(params, streaming):
-        params["stream"] = True
 
 
 def _messages(messages: Any, limits: Limits, passthrough: bool) -> None:

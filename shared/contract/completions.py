@@ -12,17 +12,18 @@ from typing import Any
 
 from ..config.settings import Limits
 from ..errors import invalid_request
+from .bridge import USAGE_COUNTS
 from .fields import (
     INT64,
     boolean,
     integer,
     logit_bias,
     number,
-    passed_through,
     stop_sequences,
     stream_flag,
     string,
     strings,
+    top_level,
 )
 
 ALLOWED = frozenset({
@@ -35,16 +36,7 @@ def validate_completion_request(data: Any, limits: Limits, *, passthrough: bool 
                                 streaming: bool = False) -> dict[str, Any]:
     """The parameters to send upstream (``model`` left out), or AppError 400 ``invalid_request``
     naming ``param``. ``passthrough``: unknown fields go to the service (the compatible routes)."""
-    if not isinstance(data, dict):
-        raise invalid_request("The body must be a JSON object.")
-    if passthrough:
-        passed_through(data)
-    else:
-        unknown = sorted(set(data) - ALLOWED)
-        if unknown:
-            raise invalid_request(f"Unknown field(s): {', '.join(unknown)}.", unknown[0])
-    params = {name: value for name, value in data.items() if value is not None}
-    params.pop("model", None)
+    params = top_level(data, ALLOWED, passthrough)
     if "prompt" not in params:
         raise invalid_request("'prompt' is required.", "prompt")
     strings(params["prompt"], "prompt", most=limits.max_prompts, what="the text to complete")
@@ -64,8 +56,7 @@ def validate_completion_request(data: Any, limits: Limits, *, passthrough: bool 
     if "best_of" in params and params["best_of"] < params.get("n", 1):
         raise invalid_request("'best_of' must be greater than or equal to 'n'.", "best_of")
     boolean(params, "echo")
-    if stream_flag(params, streaming):
-        params["stream"] = True
+    stream_flag(params, streaming)
     logit_bias(params)
     return params
 
@@ -85,7 +76,7 @@ def shape_response(upstream: dict[str, Any], deployment: str, backend: str) -> d
         "id": upstream.get("id"), "object": "text_completion", "created": upstream.get("created"),
         "model": upstream.get("model"), "deployment": deployment, "backend": backend,
         "text": choices[0]["text"] if choices else "", "choices": choices,
-        "usage": {name: usage.get(name, 0) for name in ("prompt_tokens", "completion_tokens", "total_tokens")},
+        "usage": {name: usage.get(name, 0) for name in USAGE_COUNTS},
     }
     if "prompt_filter_results" in upstream:
         body["prompt_filter_results"] = upstream["prompt_filter_results"]

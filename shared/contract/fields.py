@@ -15,13 +15,21 @@ CLIENT_OPTIONS = frozenset({"api_key", "api_base", "api_type", "api_version", "o
                             "engine", "headers", "timeout", "request_timeout", "request_id", "typed_api_type"})
 
 
-def passed_through(data: dict) -> None:
-    """On the routes that pass unknown fields to the service: refuse what the client library would
-    take as its own option."""
-    reserved = sorted(set(data) & CLIENT_OPTIONS)
-    if reserved:
-        raise invalid_request(f"'{reserved[0]}' is not a request field here: the route or 'model' chooses the "
-                              "deployment, and the app alone talks to Azure OpenAI.", reserved[0])
+def top_level(data: Any, allowed: frozenset[str], passthrough: bool) -> dict[str, Any]:
+    """The body's fields to validate (nulls are absent; ``model`` chooses the backends and is not
+    sent). Unknown fields are refused by name, or with ``passthrough`` (the routes that pass them to
+    the service) only what the client library would take as its own option."""
+    if not isinstance(data, dict):
+        raise invalid_request("The body must be a JSON object.")
+    refused = sorted(set(data) & CLIENT_OPTIONS) if passthrough else sorted(set(data) - allowed)
+    if refused and passthrough:
+        raise invalid_request(f"'{refused[0]}' is not a request field here: the route or 'model' chooses the "
+                              "deployment, and the app alone talks to Azure OpenAI.", refused[0])
+    if refused:
+        raise invalid_request(f"Unknown field(s): {', '.join(refused)}.", refused[0])
+    params = {name: value for name, value in data.items() if value is not None}
+    params.pop("model", None)
+    return params
 
 
 def is_int(value: Any) -> bool:
@@ -86,8 +94,8 @@ def logit_bias(params: dict[str, Any]) -> None:
                                   "to 100.", "logit_bias")
 
 
-def stream_flag(params: dict[str, Any], streaming: bool) -> bool:
-    """``stream`` read (and removed): whether the caller asked for a stream, which it may only where
+def stream_flag(params: dict[str, Any], streaming: bool) -> None:
+    """``stream`` read: kept (as true) when the caller asked for a stream, which it may only where
     ``streaming`` is served; ``stream_options`` only with a stream."""
     stream = params.pop("stream", False)
     if type(stream) is not bool:
@@ -101,4 +109,5 @@ def stream_flag(params: dict[str, Any], streaming: bool) -> bool:
         if not isinstance(options, dict) or set(options) - {"include_usage"} or \
                 type(options.get("include_usage", False)) is not bool:
             raise invalid_request("'stream_options' must be {\"include_usage\": true or false}.", "stream_options")
-    return stream
+    if stream:
+        params["stream"] = True
