@@ -153,12 +153,7 @@ class Target:
             except Exception as exc:  # noqa: BLE001 - every failure is translated, at one boundary
                 if exchange.response is not None:
                     exchange.response.close()
-                error = upstream_failure(exc, exchange)
-                if error.upstream_status == 401 and self.tokens is not None:
-                    self.tokens.invalidate(budget.api_key)
-                if budget.cut_by_deadline and error.code == "upstream_timeout" and error.upstream_status is None:
-                    error = error.replace(deadline_exhausted=True)
-                raise error from None
+                raise self._failure(exc, exchange, budget) from None
         return stream, first, exchange
 
     async def _one(self, api: str, params: dict[str, Any], budget: _Budget, request_id: str,
@@ -175,11 +170,15 @@ class Target:
                         timeout=-1,
                     )
             except Exception as exc:  # noqa: BLE001 - every failure is translated, at one boundary
-                error = upstream_failure(exc, exchange)
-                if error.upstream_status == 401 and self.tokens is not None:
-                    self.tokens.invalidate(budget.api_key)
-                if budget.cut_by_deadline and error.code == "upstream_timeout" and error.upstream_status is None:
-                    error = error.replace(deadline_exhausted=True)  # no answer in the time the caller had left
-                raise error from None
+                raise self._failure(exc, exchange, budget) from None
         _CHECK[api](response, scan=exchange.size < SCAN_ANSWERS_BELOW_BYTES or exchange.json_constants)
         return response, exchange
+
+    def _failure(self, exc: Exception, exchange: Exchange, budget: _Budget) -> AppError:
+        """What an attempt's call raised, translated (``failures``); a refused token leaves the cache."""
+        error = upstream_failure(exc, exchange)
+        if error.upstream_status == 401 and self.tokens is not None:
+            self.tokens.invalidate(budget.api_key)
+        if budget.cut_by_deadline and error.code == "upstream_timeout" and error.upstream_status is None:
+            error = error.replace(deadline_exhausted=True)  # no answer in the time the caller had left
+        return error

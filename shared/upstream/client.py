@@ -29,6 +29,7 @@ from ..config.settings import ChatSettings, RetrySettings
 from ..errors import AppError
 from ..telemetry.hooks import NOOP, Telemetry
 from .attempt import Target, no_time
+from .failures import rate_limited, upstream_unavailable
 from .knowledge import ADAPTABLE, REFUSAL_CODES, Knowledge
 from .plan import Plan, Request, plan_for
 from .pool import DEFAULT_COOLDOWN, BackendPool, FailureKind, Recovery
@@ -343,9 +344,9 @@ def _given_up(call: _Call, last: AppError | None, recovery: Recovery | None) -> 
                             "refused the app's credentials or has no such deployment): check the app's settings "
                             "and role assignments.")
         elif recovery is not None and recovery.all_throttled:
-            last = AppError(429, "rate_limited", "Azure OpenAI is throttling requests; retry later.", retryable=True)
+            last = rate_limited()
         else:
-            last = AppError(503, "upstream_unavailable", "Azure OpenAI is temporarily unavailable.", retryable=True)
+            last = upstream_unavailable()
     if recovery is not None and not recovery.misconfigured and last.retryable:
         last = last.replace(retry_after=recovery.seconds)  # when the pool can serve again, whichever backend it is
     return call.given_up(last)

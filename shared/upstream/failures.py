@@ -64,11 +64,9 @@ def error_for_status(status: int | None, headers: Mapping[str, str] | None, erro
     if 200 <= status < 300:
         return bad_response("Azure OpenAI sent a response the app cannot read.")
     if status == 429:
-        return AppError(429, "rate_limited", "Azure OpenAI is throttling requests; retry later.",
-                        retry_after=advised, retryable=True)
+        return rate_limited(advised)
     if status == 503:
-        return AppError(503, "upstream_unavailable", "Azure OpenAI is temporarily unavailable.",
-                        retry_after=advised, retryable=True)
+        return upstream_unavailable(advised)
     if status in (408, 504):
         return AppError(504, "upstream_timeout", f"Azure OpenAI timed out ({status}).", retryable=True)
     if status == 400:
@@ -76,6 +74,16 @@ def error_for_status(status: int | None, headers: Mapping[str, str] | None, erro
     if status in _MISCONFIGURED:
         return AppError(502, "upstream_misconfigured", _MISCONFIGURED[status])
     return AppError(502, "upstream_error", f"Azure OpenAI failed ({status}).", retryable=status == 409 or status >= 500)
+
+
+def rate_limited(retry_after: float | None = None) -> AppError:
+    return AppError(429, "rate_limited", "Azure OpenAI is throttling requests; retry later.",
+                    retry_after=retry_after, retryable=True)
+
+
+def upstream_unavailable(retry_after: float | None = None) -> AppError:
+    return AppError(503, "upstream_unavailable", "Azure OpenAI is temporarily unavailable.",
+                    retry_after=retry_after, retryable=True)
 
 
 def _rejected(error: Mapping[str, Any]) -> AppError:
