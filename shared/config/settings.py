@@ -148,11 +148,11 @@ def _checked(read: Reader, setting: R.Setting, rule: Callable[[str], str | None]
     return value
 
 
-def _deadline(read: Reader, function_timeout: Callable[[], float | None]) -> float:
-    """AZURE_OPENAI_DEADLINE: under Azure's 230 s HTTP cut-off and host.json's functionTimeout;
-    by default 120 s, or less to leave a tenth of the cap for everything around the call."""
+def _deadline(read: Reader, host_timeout: float | None) -> float:
+    """AZURE_OPENAI_DEADLINE: under Azure's 230 s HTTP cut-off and host.json's functionTimeout
+    (``host_timeout``); by default 120 s, or less to leave a tenth of the cap for everything
+    around the call."""
     cap = FRONT_END_LIMIT_SECONDS
-    host_timeout = function_timeout()
     if host_timeout is not None:
         cap = min(cap, host_timeout)
     default = min(R.DEADLINE.default, 0.9 * cap)
@@ -169,7 +169,7 @@ def invocation_deadline(environ: Mapping[str, str], *,
     """The deadline an invocation has before the other settings are known (while App
     Configuration loads): AZURE_OPENAI_DEADLINE as load_settings reads it, its default
     when it is absent or invalid."""
-    return _deadline(Reader(environ), function_timeout)
+    return _deadline(Reader(environ), function_timeout())
 
 
 def _upstream(read: Reader, pooled: bool, allowed_hosts: tuple[str, ...] | None) -> UpstreamSettings:
@@ -203,9 +203,9 @@ def _allowed_hosts(read: Reader) -> tuple[str, ...]:
 
 
 def _retry(read: Reader, function_timeout: Callable[[], float | None]) -> RetrySettings:
-    deadline = _deadline(read, function_timeout)
+    host_timeout = function_timeout()  # (host.json, read once)
+    deadline = _deadline(read, host_timeout)
     concurrency = read.integer(R.MAX_CONCURRENCY)
-    host_timeout = function_timeout()
     cap = min(FRONT_END_LIMIT_SECONDS, host_timeout) if host_timeout is not None else FRONT_END_LIMIT_SECONDS
     return RetrySettings(
         stream_seconds=max(deadline, cap - STREAM_END_MARGIN),
