@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,9 @@ API_VERSION = "2025-04-01-preview"
 SCENARIOS = ["azure_chat", "azure_completions", "azure_completions_legacy", "azure_tools", "azure_reasoning",
              "azure_models", "v1_chat", "v1_completions", "v1_models", "v1_model", "v1_passthrough", "wrong_key",
              "wrong_key_v1", "bad_param", "unknown_model", "stream_chat", "stream_chat_v1", "stream_reasoning_stop",
-             "stream_completions", "stream_error_event", "throttled"]
+             "stream_completions", "stream_error_event", "throttled", "azure_model", "azure_unknown_model",
+             "models_wrong_key", "stream_azure_completions"]
+VERSIONS = {"latest": "3.63.0", "1x": "1.109.1"}  # requirements-sdk-*.txt
 
 
 def python_of(version: str) -> Path:
@@ -74,6 +78,7 @@ def sdk(request, sdk_host, running_emulators):
     """The scenarios' results with one SDK version."""
     running_emulators.openai_control.reset()
     result = run_sdk(request.param, sdk_host.url, running_emulators, SCENARIOS)
+    assert result["version"] == VERSIONS[request.param]  # the SDK the README says is tested
     result["host"] = sdk_host
     return result
 
@@ -114,7 +119,11 @@ def test_a_reasoning_deployment_adapts_and_says_so_in_a_header(sdk):
 def test_openai_client_with_a_base_url(sdk):
     assert ok(sdk, "v1_chat")["content"] and ok(sdk, "v1_completions")["object"] == "text_completion"
     assert ok(sdk, "v1_models") == ok(sdk, "azure_models") == sorted([CHAT, REASONING, LEGACY])
-    assert ok(sdk, "v1_model") == REASONING
+    assert ok(sdk, "v1_model") == ok(sdk, "azure_model") == REASONING  # /v1/models/{m}, /openai/models/{m}
+    error = failed(sdk, "azure_unknown_model")
+    assert (error["error"], error["code"], error["headers"]["x-should-retry"]) == ("NotFoundError", "model_not_found",
+                                                                                   "false")
+    assert failed(sdk, "models_wrong_key")["error"] == "AuthenticationError"  # the models routes check keys too
     assert ok(sdk, "v1_passthrough")["content"]  # a field the app does not know goes to the service
 
 
@@ -150,7 +159,7 @@ def test_streams_through_both_clients(sdk):
     assert chat["empty_chunks"] >= 2  # Azure's prompt filter chunk, and the usage chunk asked for
     plain = ok(sdk, "stream_chat_v1")
     assert plain["text"] and plain["usage"] is None and plain["empty_chunks"] == 1  # usage not asked for: not sent
-    assert ok(sdk, "stream_completions")["text"]
+    assert ok(sdk, "stream_completions")["text"] and ok(sdk, "stream_azure_completions")["text"]
 
 
 def test_a_stop_the_reasoning_deployment_refuses_is_applied_to_the_stream(sdk):
@@ -178,6 +187,23 @@ def test_with_the_hosts_function_keys_the_sdk_sends_x_functions_key(running_emul
     assert failed(result, "wrong_key")["status"] == 401  # no x-functions-key: the host refuses
 
 
-def test_langchain_azure_chat_openai(sdk_host, running_emulators):
-    result = run_sdk("latest", sdk_host.url, running_emulators, ["langchain"])
-    assert ok(result, "langchain")["content"]
+def test_langchain_azure_chat_openai_and_chat_openai(sdk_host, running_emulators):
+    result = run_sdk("latest", sdk_host.url, running_emulators, ["langchain", "langchain_v1"])
+    assert ok(result, "langchain")["content"] and ok(result, "langchain_v1")["content"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_misconfigured_backend_is_not_retried_by_the_sdk(sdk_host, running_emulators, version):
+    """x-should-retry: false stops the SDK's own retries (max_retries=2) where retrying cannot help:
+    the app answers once (one log line), however many retries the SDK was allowed."""
+    def answered() -> int:
+        return len(re.findall(r"completion request_id=\S+ .*code=upstream_misconfigured", sdk_host.log))
+
+    running_emulators.openai_control.reset()
+    before = answered()
+    result = run_sdk(version, sdk_host.url, running_emulators, ["misconfigured"])
+    error = failed(result, "misconfigured")
+    assert (error["status"], error["code"], error["headers"]["x-should-retry"]) == (502, "upstream_misconfigured",
+                                                                                    "false")
+    time.sleep(0.2)  # (the host's log is read on a thread)
+    assert answered() - before == 1

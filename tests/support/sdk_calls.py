@@ -89,6 +89,13 @@ def langchain() -> dict:
     return {"content": llm.invoke("The food was delicious and the waiter").content}
 
 
+def langchain_v1() -> dict:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=BASE + "/api/v1", model=CHAT, api_key=KEY)
+    return {"content": llm.invoke("The food was delicious and the waiter").content}
+
+
 SCENARIOS: dict[str, Callable[[], Any]] = {
     "azure_chat": lambda: chat(azure(), CHAT, max_completion_tokens=50),
     "azure_completions": lambda: completion(azure(), CHAT),
@@ -100,6 +107,11 @@ SCENARIOS: dict[str, Callable[[], Any]] = {
     "v1_completions": lambda: completion(v1(), CHAT),
     "v1_models": lambda: sorted(m.id for m in v1().models.list()),
     "v1_model": lambda: v1().models.retrieve(REASONING).id,
+    "azure_model": lambda: azure().models.retrieve(REASONING).id,
+    "azure_unknown_model": lambda: azure().models.retrieve("no-such-model").id,
+    "models_wrong_key": lambda: [m.id for m in v1(api_key="wrong").models.list()],
+    "misconfigured": lambda: (fault({"status": 404}), chat(azure(max_retries=2), CHAT))[1],
+    "stream_azure_completions": lambda: streamed_completion(azure(), CHAT, max_tokens=20),
     "v1_passthrough": lambda: chat(v1(), CHAT, extra_body={"store": False}),
     "wrong_key": lambda: chat(azure(api_key="wrong"), CHAT),
     "wrong_key_v1": lambda: chat(v1(api_key="wrong"), CHAT),
@@ -113,6 +125,7 @@ SCENARIOS: dict[str, Callable[[], Any]] = {
     "stream_error_event": lambda: (fault({"stream": "error", "after_chunks": 3}), streamed_chat(azure(), CHAT))[1],
     "function_key": lambda: chat(azure(default_headers={"x-functions-key": CONFIG.get("function_key", "")}), CHAT),
     "langchain": langchain,
+    "langchain_v1": langchain_v1,
 }
 
 
