@@ -71,7 +71,10 @@ infra-check: $(INFRA_INSTALLED)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	@# the doctor on what deploys (tests/ and the dev host do not), with the azd template beside it for its
+	@# Flex Consumption checks
 	@package=$$(mktemp -d) && $(BIN)/python -m devserver.tools.package $$package && \
+		cp -r infra azure.yaml .funcignore $$package && \
 		$(BIN)/azure-functions-doctor doctor --path $$package --profile deploy; status=$$?; rm -rf $$package; exit $$status
 
 # wrk (Debian's package) loads the dev host over HTTP; without it that one metric is skipped.

@@ -60,6 +60,7 @@ OPERATION_NOT_SUPPORTED = (
     "The {operation} operation does not work with the specified model, {model}. Please choose different model and "
     "try again. You can learn more about which models can be used with each operation here: "
     "https://go.microsoft.com/fwlink/?linkid=2197993.")
+RECENT_BODY_BYTES = 256 * 1024  # larger request bodies show in the stats by size only
 CONFIG_KEYS = ("latency_ms", "content_filter_phrase", "rpm", "tpm", "quota_window_s", "stream_chunk_ms",
                "deployments")
 
@@ -158,8 +159,8 @@ class OpenAIState:
             self.by_deployment[deployment, "chat" if chat else "completions"] += 1
 
     def received_body(self, deployment: str, chat: bool, body: bytes) -> None:
-        try:
-            document = json.loads(body)
+        try:  # (kept for the stats: large bodies are not)
+            document = json.loads(body) if len(body) <= RECENT_BODY_BYTES else {"size": len(body)}
         except (ValueError, RecursionError):
             document = None
         with self._lock:
@@ -369,7 +370,7 @@ class OpenAIHandler(ControlHandler):
     def _completions(self, deployment: Deployment, raw_body: bytes, api_version: str) -> None:
         try:
             request = validate_request(json.loads(raw_body))
-        except ValueError:
+        except (ValueError, RecursionError):
             return self._reply(400, _error("BadRequest", "We could not parse the JSON body of your request.",
                                            None, "invalid_request_error"))
         except RequestInvalid as exc:

@@ -40,8 +40,12 @@ class SentFloat(float):
 
 
 def loads(raw: bytes) -> Any:
-    """The request body, its non-integer numbers as ``SentFloat``; ValueError when not JSON."""
-    return json.loads(raw, parse_float=SentFloat)
+    """The request body, its non-integer numbers as ``SentFloat``; ValueError when not JSON (nested
+    too deep for the decoder included: the service answers that with a 400 too)."""
+    try:
+        return json.loads(raw, parse_float=SentFloat)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def as_sent(value: object) -> str:

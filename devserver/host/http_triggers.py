@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, unquote
 import aiohttp
 import azure.functions as func
 from aiohttp import web
+from multidict import CIMultiDict
 
 from .functions import HOST_API_REASON, TRIGGER_HTTP, Function, Invoker
 from .hostconfig import HttpOptions
@@ -146,17 +147,19 @@ class HttpTriggers:
         assert self._worker is not None
         invocation_id = str(uuid.uuid4())
         invocation = asyncio.create_task(self._invoke_v2(route.function, route_params, invocation_id))
-        headers = {name: value for name, value in request.headers.items() if name.lower() not in _HOP_BY_HOP}
-        headers.update({INVOCATION_HEADER: invocation_id, "X-Forwarded-For": request.remote or "",
-                        "X-Forwarded-Proto": request.scheme, "X-Forwarded-Host": request.host})
+        # (as pairs: a header that comes several times, Set-Cookie or Cookie, keeps every value)
+        headers = [(name, value) for name, value in request.headers.items()
+                   if name.lower() not in _HOP_BY_HOP and name.lower() != INVOCATION_HEADER]
+        headers += [(INVOCATION_HEADER, invocation_id), ("X-Forwarded-For", request.remote or ""),
+                    ("X-Forwarded-Proto", request.scheme), ("X-Forwarded-Host", request.host)]
         response: web.StreamResponse | None = None
         left = False
         try:
             async with asyncio.timeout(self._invoker.function_timeout):  # the invocation and the streaming
                 async with self._session().request(request.method, self._worker.url + request.raw_path,
                                                    headers=headers, data=body, allow_redirects=False) as upstream:
-                    response = web.StreamResponse(status=upstream.status, headers={
-                        name: value for name, value in upstream.headers.items() if name.lower() not in _HOP_BY_HOP})
+                    response = web.StreamResponse(status=upstream.status, headers=CIMultiDict(
+                        (name, value) for name, value in upstream.headers.items() if name.lower() not in _HOP_BY_HOP))
                     if upstream.content_length is not None:
                         response.content_length = upstream.content_length
                     await response.prepare(request)
@@ -171,6 +174,15 @@ class HttpTriggers:
                 return web.Response(status=500)
             if request.transport is not None:
                 request.transport.close()  # mid-stream: the caller sees the answer cut, as from Azure
+            return response
+        except aiohttp.ClientError as exc:  # the worker's web server failed: the host's proxy answers 502
+            log.error("Functions.%s (Id: '%s'): the worker's HTTP server failed (%s)", route.function.name,
+                      invocation_id, type(exc).__name__)
+            if response is None:
+                return web.json_response({"error": {"code": "bad_gateway", "message": "The worker did not answer."}},
+                                         status=502)
+            if request.transport is not None:
+                request.transport.close()
             return response
         except asyncio.CancelledError:  # the caller hung up
             left = True

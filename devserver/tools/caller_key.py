@@ -10,16 +10,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import secrets
 import sys
+
+from shared.config.caller_keys import NAME
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make caller-key NAME=<caller>")
     parser.add_argument("name", help="the caller's name (1 to 64 letters, digits, . _ -), as logs will show it")
     args = parser.parse_args(argv)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
+    if not NAME.fullmatch(args.name):  # (the names the setting accepts)
         print("NAME must be 1 to 64 letters, digits, . _ or -", file=sys.stderr)
         return 2
     key = secrets.token_urlsafe(32)

@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 HOOK = ROOT / "infra" / "hooks" / "prepackage.py"
 
 
-def ignored_patterns() -> list[str]:
-    lines = (ROOT / ".funcignore").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+def ignored_patterns(root: Path = ROOT) -> list[str]:
+    """``.funcignore``'s patterns: names, or shell patterns, each matched against every part of a path
+    (the form this project's file uses; azd leaves the file itself out too)."""
+    lines = (root / ".funcignore").read_text().splitlines()
+    return [*(line.strip() for line in lines if line.strip() and not line.startswith("#")), ".funcignore"]
 
 
 def shipped(path: str, patterns: list[str]) -> bool:
@@ -33,7 +35,7 @@ def shipped(path: str, patterns: list[str]) -> bool:
 def deployed_files(root: Path = ROOT) -> list[str]:
     """The files that deploy: what azd zips, every file of the folder that ``.funcignore`` does not
     exclude (tracked or not: caches a tool left behind too)."""
-    patterns = [*ignored_patterns(), "__pycache__"]  # (the app's bytecode is compiled fresh into the package)
+    patterns = [*ignored_patterns(root), "__pycache__"]  # (the app's bytecode is compiled fresh into the package)
     found = []
     for folder, folders, files in os.walk(root):
         folders[:] = [name for name in folders if shipped(name, patterns)]  # never walks into .venv ...
@@ -49,6 +51,7 @@ def build(target: Path) -> Path:
     done = subprocess.run([sys.executable, str(HOOK), str(target)], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr)
+    sys.stderr.write(done.stderr)  # (a warning: no Python 3.11, no bytecode)
     return target
 
 

@@ -27,9 +27,14 @@ RUNTIME = (3, 11)  # infra/modules/function.bicep: functionAppConfig.runtime
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def compile_app(root: Path) -> bool:
+def clean(root: Path) -> None:
+    """No bytecode from local runs ships (timestamp-based, or another Python's: .funcignore lets it through)."""
     for cache in [root / "__pycache__", *(root / "shared").rglob("__pycache__")]:
-        shutil.rmtree(cache, ignore_errors=True)  # stale timestamp-based bytecode from local runs
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def compile_app(root: Path) -> bool:
+    clean(root)
     mode = py_compile.PycInvalidationMode.CHECKED_HASH
     return bool(compileall.compile_file(root / "function_app.py", quiet=1, invalidation_mode=mode)
                 and compileall.compile_dir(root / "shared", quiet=1, invalidation_mode=mode))
@@ -44,6 +49,7 @@ def _is_runtime(python: str) -> bool:
 def main(argv: list[str]) -> int:
     root = Path(argv[1]).resolve() if len(argv) > 1 else ROOT
     if sys.version_info[:2] != RUNTIME:
+        clean(root)
         for python in (shutil.which("python3.11"), ROOT / ".venv" / "bin" / "python"):
             if python and Path(python).exists() and _is_runtime(str(python)):
                 return subprocess.call([str(python), __file__, str(root)])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 MAX_CALLERS = 1000
 
@@ -26,7 +26,7 @@ def parse_caller_keys(raw: str | None) -> tuple[dict[str, bytes], str | None]:
         return {}, f"must be a JSON object of 1 to {MAX_CALLERS} callers"
     keys = {}
     for name, digest in data.items():
-        if not _NAME.fullmatch(name):
+        if not NAME.fullmatch(name):
             return {}, "has a caller name that is not 1 to 64 letters, digits, . _ or -"
         if not isinstance(digest, str) or not _DIGEST.fullmatch(digest.lower()):
             return {}, f"caller '{name}': the value must be the key's SHA-256 digest, 64 hex digits"

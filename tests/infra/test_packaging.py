@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,23 +40,29 @@ def test_azure_functions_doctor_finds_no_failures_in_the_package(package):
     assert {"function_app.py", "host.json", "requirements.txt", "shared/service.py",
             "shared/config/settings.py"} <= set(deployed_files())
     assert "devserver.tools.package" in (ROOT / "Makefile").read_text().split("\nlint:")[1].split("\n\n")[0]
+    checked = package.parent / "checked"  # the package, with the azd template beside it (as make lint does)
+    shutil.copytree(package, checked)
+    for name in ("infra", "azure.yaml", ".funcignore"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, checked / name)
     summary = package.parent / "summary.json"
-    done = subprocess.run([str(DOCTOR), "doctor", "--path", str(package), "--profile", "deploy",
+    done = subprocess.run([str(DOCTOR), "doctor", "--path", str(checked), "--profile", "deploy",
                            "--summary-json", str(summary)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(summary.read_text())["failed"] == 0
+    assert "Hosting plan 'flex-consumption'" in done.stdout  # the Flex Consumption checks ran
 
 
 def test_the_package_holds_the_app_and_nothing_a_tool_left_in_the_folder(tmp_path):
     """azd zips the folder less .funcignore, tracked or not: caches (mypy's, ruff's: tens of MB), a .env,
     the test and dev folders never ship."""
     assert {path.split("/")[0] for path in deployed_files()} <= {
-        "function_app.py", "host.json", "requirements.txt", ".funcignore", "shared"}
+        "function_app.py", "host.json", "requirements.txt", "shared"}
     for left_behind in (".mypy_cache/3.11/x.json", ".ruff_cache/x", ".env", ".coverage", "tests/conftest.py",
                         "devserver/__main__.py", ".venv/bin/python", "local.settings.json", "shared/__pycache__/x.pyc"):
         (tmp_path / left_behind).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / left_behind).write_text("x")
     (tmp_path / "function_app.py").write_text("")
+    (tmp_path / ".funcignore").write_text((ROOT / ".funcignore").read_text())
     assert deployed_files(tmp_path) == ["function_app.py"]
 
 

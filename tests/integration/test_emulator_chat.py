@@ -518,3 +518,12 @@ def test_what_the_emulator_accepts_the_spec_accepts(body):
     except RequestInvalid:
         return
     assert spec.chat_request_errors(body) == []
+
+
+@pytest.mark.parametrize("operation", ["chat/completions", "completions"])
+def test_deeply_nested_json_is_a_400_not_a_dropped_connection(emulators, operation):
+    deployment = CHAT if operation.startswith("chat") else "gpt-35-turbo-instruct"
+    response = requests.post(url(emulators, deployment, operation), data=b"[" * 200_000 + b"]" * 200_000,
+                             headers={"api-key": emulators.openai.api_key, "content-type": "application/json"},
+                             timeout=10)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "BadRequest"
