@@ -200,6 +200,7 @@ def test_undecodable_and_oversized_messages_do_not_stop_the_listener(stack, azur
     send_raw(azurite, REQUESTS, json.dumps({"id": "q-after", **SEED}))
     found = read_results(azurite, RESULTS, ["q-big", "q-after"], timeout=30)
     assert found["q-big"]["status"] == "failed"  # longer than the model's context: rejected upstream
+    assert found["q-big"]["error"]["code"] == "upstream_rejected"
     assert found["q-after"]["status"] == "succeeded"
     stack.wait_for_log(rf"Message id={undecodable.id} on queue '{REQUESTS}' cannot be decoded")
 
@@ -287,7 +288,7 @@ def probe(running_emulators):
     host.azurite_port = port
     host.connection = connection_string(port)
     yield host
-    host.stop()
+    assert host.stop() == 0
 
 
 def probe_reports(probe, count: int = 1, timeout: float = 20) -> list[dict]:

@@ -45,7 +45,7 @@ def devhost():
     host = DevHostProcess("--no-storage", "--emulator-latency-ms", "0",
                           file_limit=1024 if sys.platform.startswith("linux") else None)
     yield host
-    host.stop()
+    assert host.stop() == 0
 
 
 def emulator_url(host: DevHostProcess) -> str:
@@ -284,7 +284,7 @@ def strict_host():
     """Short limits, to see them act: 1 s idle timeout, 10 connections."""
     host = DevHostProcess("--no-storage", "--idle-timeout", "1", "--max-connections", "10")
     yield host
-    host.stop()
+    assert host.stop() == 0
 
 
 def closed_within(sock: socket.socket, seconds: float) -> bool:

@@ -54,7 +54,7 @@ async def grid(event: func.EventGridEvent) -> None:
 def devhost():
     host = DevHostProcess("--no-storage")
     yield host
-    host.stop()
+    assert host.stop() == 0
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def grid_host(tmp_path_factory):
     (app_dir / "host.json").write_text(json.dumps({"version": "2.0"}))
     host = DevHostProcess("--no-storage", "--app-dir", str(app_dir))
     yield host
-    host.stop()
+    assert host.stop() == 0
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def cors_host(tmp_path_factory):
     settings.write_text(json.dumps({"IsEncrypted": False, "Values": {}, "Host": {"CORS": f" {FROM_SETTINGS} ,"}}))
     host = DevHostProcess("--no-storage", "--cors", ALLOWED, settings=settings)
     yield host
-    host.stop()
+    assert host.stop() == 0
 
 
 @pytest.fixture(scope="module")

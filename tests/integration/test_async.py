@@ -41,10 +41,15 @@ def test_every_function_is_a_coroutine(declared_functions):
 def test_a_context_parameter_has_the_annotation_the_worker_accepts(declared_functions):
     """The Python worker refuses to load a function whose ``context`` annotation is not a type
     named Context (``azure_functions_worker/functions.py``): ``func.Context | None`` would fail."""
+    with_context = set()
     for name, function in declared_functions.items():
         annotation = inspect.signature(function.get_user_function()).parameters.get("context")
         if annotation is not None and annotation.annotation is not inspect.Parameter.empty:
             assert isinstance(annotation.annotation, type) and annotation.annotation.__name__ == "Context", name
+            with_context.add(name)
+    assert with_context == {"completions", "chat_completions", "azure_completions", "azure_chat_completions",
+                            "v1_completions", "v1_chat_completions", "completion_from_queue",
+                            "completion_from_event_grid"}
 
 
 def _loop_probe(*args: str) -> list[list[str]]:

@@ -167,6 +167,8 @@ def test_tools_are_called_and_answered(on, emulators):
                                                                               "refusal"}  # passed back as it came
     second = post("chat_completions", follow)
     assert second.status == 200 and second.body["choices"][0]["message"]["content"]
+    passed_back = sent(emulators)[-1]["messages"]  # what the deployment received
+    assert passed_back[1]["tool_calls"][0]["id"] == call["id"] and passed_back[2]["tool_call_id"] == call["id"]
 
 
 def test_a_reasoning_deployment_takes_reasoning_effort_and_reports_reasoning_tokens(on, emulators):
@@ -198,6 +200,8 @@ def test_a_body_cannot_pick_another_deployment_or_add_upstream_headers(on, emula
         reply = post("v1_chat_completions", {"model": CHAT, "messages": [USER], **smuggled})
         assert reply.status == 400 and reply.body["error"]["param"] == next(iter(smuggled)), reply.body
     assert upstream_calls(emulators) == 0
+    assert post("v1_chat_completions", {"model": CHAT, "messages": [USER], "store": False}).status == 200
+    assert sent(emulators)[-1]["store"] is False  # a field the app does not know reached the service
 
 
 def test_a_chat_request_to_a_completions_only_deployment_is_named(on, emulators):

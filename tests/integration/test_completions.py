@@ -228,8 +228,11 @@ def test_anything_unexpected_is_500_with_the_request_id_only(configure_app, monk
 
 # -- health -------------------------------------------------------------------------
 def test_health_ok_without_endpoint_key_or_token(configure_app, emulators):
-    configure_app(auth="key")
+    configure_app(auth="managed_identity")
     reply = get_health()
+    upstream = emulators.openai_control.stats()
+    assert upstream["completion_requests"] + upstream["chat_requests"] == 0  # a liveness check: no upstream call
+    assert emulators.identity_control.stats()["token_requests"] == 0  # and no token
     assert reply.status == 200 and reply.body["status"] == "ok"
     text = reply.raw.decode()
     assert emulators.openai.api_key not in text and emulators.openai.endpoint.rstrip("/") not in text

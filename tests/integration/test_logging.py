@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from support.app_client import SEED, post_completions
+from support.app_client import SEED, post_completions, wait_for
 
 
 def _all_logs(caplog) -> str:
@@ -19,8 +19,10 @@ def test_logs_never_contain_keys_tokens_or_the_identity_secret(configure_app, em
         for log_text in ("false", "true"):
             configure_app(COMPLETIONS_LOG_TEXT=log_text)
             assert post_completions(SEED).status == 200
+            fetched = emulators.identity_control.stats()["token_requests"]
             time.sleep(2.2)  # past the refresh margin: another token request
             assert post_completions(SEED).status == 200
+            assert wait_for(lambda: emulators.identity_control.stats()["token_requests"] > fetched)  # noqa: B023
             configure_app(auth="key", COMPLETIONS_LOG_TEXT=log_text)
             assert post_completions(SEED).status == 200
             configure_app(auth="key", AZURE_OPENAI_API_KEY="wrong-key-value-123", AZURE_OPENAI_MAX_RETRIES="0",

@@ -81,6 +81,7 @@ def test_an_outage_fails_over_within_the_deadline(pool, regions, clock, fault):
     reply = post_completions(SEED)
     assert reply.status == 200 and reply.body["backend"] == "west"
     assert clock.slept == []
+    assert served(regions)["east"] == 1 and served(regions)["west"] == 1  # east first, once; then west
 
 
 def test_every_backend_throttled_answers_429_with_the_earliest_recovery(pool, regions, clock):

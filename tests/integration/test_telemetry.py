@@ -30,7 +30,7 @@ from shared.telemetry.hooks import NOOP, InvocationEnd, InvocationStart
 from shared.telemetry.otel import OTelTelemetry
 from shared.telemetry.pipeline import _CountingBatchSpanProcessor
 from shared.telemetry.switches import settings_problems, telemetry_from_environ
-from support.app_client import LOOP, SEED, SETTING_NAMES, post_completions, post_many, post_stream
+from support.app_client import LOOP, SEED, SETTING_NAMES, post_completions, post_many, post_stream, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = ROOT / "tests" / "support" / "telemetry_child.py"
@@ -350,8 +350,10 @@ def test_nothing_secret_is_exported_and_text_only_on_request(recorded, emulators
     for log_text in ("false", "true"):
         record = recorded(COMPLETIONS_LOG_TEXT=log_text)
         assert post_completions(SEED).status == 200
+        fetched = emulators.identity_control.stats()["token_requests"]
         time.sleep(2.2)  # past the refresh margin: another token request
         assert post_completions(SEED).status == 200
+        assert wait_for(lambda: emulators.identity_control.stats()["token_requests"] > fetched)  # noqa: B023
         key_record = recorded(auth="key", COMPLETIONS_LOG_TEXT=log_text)
         assert post_completions(SEED).status == 200
         bad_key = recorded(auth="key", AZURE_OPENAI_API_KEY="wrong-key-value-123", AZURE_OPENAI_MAX_RETRIES="0",
