@@ -157,3 +157,28 @@ def declared_functions():
     import function_app
 
     return {function.get_function_name(): function for function in function_app.app.get_functions()}
+
+
+@pytest.fixture
+def recorded(configure_app, monkeypatch, clock):
+    """``recorded(**settings)``: configure the app as configure_app does, with in-memory telemetry
+    (``support.recorded.Recorded``: what it recorded)."""
+    import function_app
+    from shared.service import CompletionService
+    from support.app_client import LOOP
+    from support.recorded import Recorded
+
+    made = []
+
+    def configure(**settings) -> Recorded:
+        configure_app(**settings)
+        record = Recorded()
+        service = CompletionService.from_environ(clock=clock, telemetry=record.telemetry)
+        monkeypatch.setattr(function_app, "service", service)
+        made.append((service, record))
+        return record
+
+    yield configure
+    for service, record in made:
+        LOOP.run(service.aclose())
+        record.telemetry.shutdown()

@@ -23,14 +23,10 @@ import tracemalloc
 from collections import Counter
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
 
 from devserver.emulators.appconfig import AppConfigStandIns
 from shared.clock import SYSTEM_CLOCK
 from shared.service import CompletionService
-from shared.telemetry.otel import OTelTelemetry
 from support.app_client import LOOP, SEED, call_completions, get_health, post_completions, post_many, wait_for
 from support.triggers import Out, message
 from support.worker_requests import completions_request
@@ -225,73 +221,50 @@ def _answer_for(model: str) -> str:
                        "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}})
 
 
-def test_distinct_huge_response_models_share_one_metric_stream_and_memory_stays_flat(configure_app, monkeypatch,
-                                                                                     emulators, clock):
-    import function_app
-
-    configure_app()
-    reader = InMemoryMetricReader()
-    meters, tracers = MeterProvider(metric_readers=[reader]), TracerProvider()
-    telemetry = OTelTelemetry(tracers, meters, owned=(tracers, meters))
-    service = CompletionService.from_environ(clock=clock, telemetry=telemetry)
-    monkeypatch.setattr(function_app, "service", service)
+def test_distinct_huge_response_models_share_one_metric_stream_and_memory_stays_flat(recorded, emulators):
+    record = recorded()
     padding = "m" * 20_000
-    try:
-        def wave(start: int) -> None:
-            emulators.openai_control.faults(*({"status": 200, "raw": _answer_for(f"{n}-{padding}")}
-                                              for n in range(start, start + 50)))
-            assert {r.status for r in post_many([SEED] * 50)} == {200}
 
-        for start in range(0, 200, 50):  # warm up: connections, caches, the metric streams
-            wave(start)
-        telemetry.drain()
-        # what the process keeps (Python allocations, the emulator's in this process too): RSS is too
-        # noisy in a long test session
-        gc.collect()
-        tracemalloc.start()
+    def wave(start: int) -> None:
+        emulators.openai_control.faults(*({"status": 200, "raw": _answer_for(f"{n}-{padding}")}
+                                          for n in range(start, start + 50)))
+        assert {r.status for r in post_many([SEED] * 50)} == {200}
+
+    for start in range(0, 200, 50):  # warm up: connections, caches, the metric streams
+        wave(start)
+    record.telemetry.drain()
+    record.exporter.clear()  # (spans leave the process when exported: the in-memory exporter keeps them)
+    # what the process keeps (Python allocations, the emulator's in this process too): RSS is too
+    # noisy in a long test session
+    gc.collect()
+    tracemalloc.start()
+    try:
         baseline = tracemalloc.get_traced_memory()[0]
         for start in range(200, 1000, 50):
             wave(start)
-        telemetry.drain()
+        record.telemetry.drain()
+        record.exporter.clear()
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - baseline
-        tracemalloc.stop()
-        data = reader.get_metrics_data()
-        points = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-                  if m.name == "gen_ai.client.token.usage" for p in m.data.data_points]
     finally:
-        LOOP.run(service.aclose())
-        telemetry.shutdown()
+        tracemalloc.stop()
+    points = record.points("gen_ai.client.token.usage")
     assert {p.attributes.get("gen_ai.response.model") for p in points} == {"other"}
     assert len(points) == 2 and sum(p.count for p in points) == 2 * 1000  # input and output: two streams in all
     # 800 answers carried 16 MB of distinct names: kept as metric attributes, they would stay
     assert grown < 4 * 1024 * 1024, f"kept {grown / 2 ** 20:.1f} MiB more after 800 answers"
 
 
-def test_distinct_short_response_models_are_kept_apart_only_up_to_a_bound(configure_app, monkeypatch, emulators,
-                                                                             clock):
+def test_distinct_short_response_models_are_kept_apart_only_up_to_a_bound(recorded, emulators):
     """Names of a model's shape pass the first check; the number of distinct ones is bounded too."""
-    import function_app
     from shared.telemetry.otel import MAX_MODEL_NAMES
 
-    configure_app()
-    reader = InMemoryMetricReader()
-    meters, tracers = MeterProvider(metric_readers=[reader]), TracerProvider()
-    telemetry = OTelTelemetry(tracers, meters, owned=(tracers, meters))
-    service = CompletionService.from_environ(clock=clock, telemetry=telemetry)
-    monkeypatch.setattr(function_app, "service", service)
-    try:
-        for start in range(0, 150, 50):
-            emulators.openai_control.faults(*({"status": 200, "raw": _answer_for(f"model-{n}")}
-                                              for n in range(start, start + 50)))
-            assert {r.status for r in post_many([SEED] * 50)} == {200}
-        telemetry.drain()
-        data = reader.get_metrics_data()
-        names = {p.attributes.get("gen_ai.response.model") for rm in data.resource_metrics for sm in rm.scope_metrics
-                 for m in sm.metrics if m.name == "gen_ai.client.token.usage" for p in m.data.data_points}
-    finally:
-        LOOP.run(service.aclose())
-        telemetry.shutdown()
+    record = recorded()
+    for start in range(0, 150, 50):
+        emulators.openai_control.faults(*({"status": 200, "raw": _answer_for(f"model-{n}")}
+                                          for n in range(start, start + 50)))
+        assert {r.status for r in post_many([SEED] * 50)} == {200}
+    names = {p.attributes.get("gen_ai.response.model") for p in record.points("gen_ai.client.token.usage")}
     assert len(names) == MAX_MODEL_NAMES + 1 and "other" in names
 
 

@@ -31,80 +31,13 @@ from shared.telemetry.otel import OTelTelemetry
 from shared.telemetry.pipeline import _CountingBatchSpanProcessor
 from shared.telemetry.switches import settings_problems, telemetry_from_environ
 from support.app_client import LOOP, SEED, SETTING_NAMES, post_completions, post_many, post_stream, wait_for
+from support.recorded import Recorded
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = ROOT / "tests" / "support" / "telemetry_child.py"
 SEED_PROMPT_TOKENS = 7  # the emulator counts whitespace-separated words
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TELEMETRY_SETTINGS = ("APPLICATIONINSIGHTS_CONNECTION_STRING", "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY")
-
-
-# -- in memory ----------------------------------------------------------------------
-class Recorded:
-    """OTelTelemetry over an in-memory span exporter and metric reader (not the global providers)."""
-
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        meter_provider = MeterProvider(metric_readers=[self.reader])
-        self.telemetry = OTelTelemetry(tracer_provider, meter_provider, owned=(tracer_provider, meter_provider))
-
-    def spans(self, name_prefix: str = "") -> list:
-        return [s for s in self.exporter.get_finished_spans() if s.name.startswith(name_prefix)]
-
-    def points(self, name: str) -> list:
-        self.telemetry.drain()  # the measurements the metrics thread has not recorded yet
-        data = self.reader.get_metrics_data()
-        return [point for rm in (data.resource_metrics if data else []) for sm in rm.scope_metrics
-                for metric in sm.metrics if metric.name == name for point in metric.data.data_points]
-
-    def total(self, name: str, **attributes) -> float:
-        """The sum (histograms) or value (counters) of ``name``'s points whose attributes include these."""
-        wanted = {k.replace("__", "."): v for k, v in attributes.items()}
-        return sum(getattr(p, "sum", None) if hasattr(p, "bucket_counts") else p.value
-                   for p in self.points(name) if wanted.items() <= dict(p.attributes).items())
-
-    def count(self, name: str, **attributes) -> int:
-        wanted = {k.replace("__", "."): v for k, v in attributes.items()}
-        return sum(p.count for p in self.points(name) if wanted.items() <= dict(p.attributes).items())
-
-    def exported_text(self) -> str:
-        """Everything exported, as text: span names, attributes, events, status; metric attributes."""
-        parts = []
-        for span in self.exporter.get_finished_spans():
-            parts += [span.name, json.dumps(dict(span.attributes or {})), str(span.status.description)]
-            parts += [f"{e.name} {json.dumps(dict(e.attributes or {}))}" for e in span.events]
-        self.telemetry.drain()
-        data = self.reader.get_metrics_data()
-        for rm in data.resource_metrics if data else []:
-            parts.append(json.dumps(dict(rm.resource.attributes)))
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    parts += [metric.name] + [json.dumps(dict(p.attributes)) for p in metric.data.data_points]
-        return "\n".join(parts)
-
-
-@pytest.fixture
-def recorded(configure_app, monkeypatch, clock):
-    """``recorded(**settings)``: configure the app as configure_app does, with in-memory telemetry."""
-    import function_app
-
-    made = []
-
-    def configure(**settings) -> Recorded:
-        configure_app(**settings)
-        record = Recorded()
-        service = CompletionService.from_environ(clock=clock, telemetry=record.telemetry)
-        monkeypatch.setattr(function_app, "service", service)
-        made.append((service, record))
-        return record
-
-    yield configure
-    for service, record in made:
-        LOOP.run(service.aclose())
-        record.telemetry.shutdown()
 
 
 def test_token_usage_after_n_requests_is_n_times_the_prompt_tokens(recorded):
