@@ -19,10 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,10 +29,11 @@ from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64Decod
 
 import function_app
 from devserver.emulators.runner import LEGACY_DEPLOYMENT
-from devserver.host.storage import DEV_ACCOUNT_KEY, answers
+from devserver.host.storage import answers
 from devserver.tools.enqueue import enqueue
 from devserver.tools.results import read_results, wait_for_result
 from support.app_client import LOOP, SEED
+from support.azurite import connection_string, free_port, need_azurite
 from support.devhost_process import DevHostProcess
 from support.triggers import Out
 
@@ -44,46 +41,8 @@ HTTP_FUNCTIONS = {"completions", "chat_completions", "azure_completions", "azure
                   "v1_chat_completions", "v1_models", "v1_model", "azure_models", "azure_model", "health"}
 
 ROOT = Path(__file__).resolve().parents[2]
-AZURITE_QUEUE = ROOT / "devserver" / "azurite" / "node_modules" / ".bin" / "azurite-queue"
 PROBE_APP = ROOT / "tests" / "e2e" / "devhost_app"
 REQUESTS, RESULTS, POISON = "completion-requests", "completion-results", "completion-requests-poison"
-
-
-def connection_string(port: int) -> str:
-    return (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_ACCOUNT_KEY};"
-            f"QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def need_azurite() -> None:
-    if shutil.which("node") is None:
-        pytest.skip("Node.js is not installed: the Azurite tests need it")
-    assert AZURITE_QUEUE.exists(), "Azurite is not installed: run `make test` (npm ci --prefix devserver/azurite)"
-
-
-@pytest.fixture(scope="module")
-def azurite():
-    need_azurite()
-    process = subprocess.Popen(
-        [str(AZURITE_QUEUE), "--queueHost", "127.0.0.1", "--queuePort", "0", "--inMemoryPersistence",
-         "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tempfile.mkdtemp())
-    try:
-        for line in process.stdout:
-            found = re.search(r"listens on http://127\.0\.0\.1:(\d+)", line)
-            if found:
-                break
-        else:
-            raise AssertionError("Azurite did not start")
-        yield connection_string(int(found.group(1)))
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_queue_round_trip_through_azurite(azurite, configure_app):

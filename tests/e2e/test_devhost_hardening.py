@@ -18,22 +18,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import requests
 
-from devserver.host.storage import DEV_ACCOUNT_KEY
 from support.app_client import SEED, SETTING_NAMES
 from support.devhost_process import STORAGE_SETTINGS, DevHostProcess
 
 ROOT = Path(__file__).resolve().parents[2]
-AZURITE_QUEUE = ROOT / "devserver" / "azurite" / "node_modules" / ".bin" / "azurite-queue"
 NESTED = "[" * 200_000  # far deeper than Python's recursion limit
 ALLOWED, FROM_SETTINGS, OTHER = "http://app.example", "http://settings.example", "http://evil.example"
 # An app with one Event Grid function and no queue output: served with --no-storage, so the
@@ -75,30 +71,6 @@ def cors_host(tmp_path_factory):
     host = DevHostProcess("--no-storage", "--cors", ALLOWED, settings=settings)
     yield host
     assert host.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def azurite():
-    """Azurite's queue service on a free port, as test_azurite.py starts it; skipped without Node.js."""
-    if shutil.which("node") is None:
-        pytest.skip("Node.js is not installed: the Azurite tests need it")
-    assert AZURITE_QUEUE.exists(), "Azurite is not installed: run `make test` (npm ci --prefix devserver/azurite)"
-    process = subprocess.Popen(
-        [str(AZURITE_QUEUE), "--queueHost", "127.0.0.1", "--queuePort", "0", "--inMemoryPersistence",
-         "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tempfile.mkdtemp())
-    try:
-        for line in process.stdout:
-            found = re.search(r"listens on http://127\.0\.0\.1:(\d+)", line)
-            if found:
-                break
-        else:
-            raise AssertionError("Azurite did not start")
-        yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_ACCOUNT_KEY};"
-               f"QueueEndpoint=http://127.0.0.1:{found.group(1)}/devstoreaccount1;")
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def child_env(**extra: str) -> dict[str, str]:
