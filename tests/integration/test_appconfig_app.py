@@ -11,7 +11,6 @@ import time
 import pytest
 
 from devserver.emulators.appconfig import AppConfigStandIns
-from shared.service import CompletionService
 from support.app_client import SEED, get_health, post_completions, wait_for
 
 STORE_KEY_SECRET = "store-held-key-value-91c2"
@@ -30,21 +29,6 @@ def store(running_emulators):
     standins = AppConfigStandIns.start(STORE, identity=running_emulators.identity)
     yield standins
     standins.stop()
-
-
-@pytest.fixture
-def app_with_store(store, configure_app):
-    """``app_with_store(**app_settings)``: the app configured from app settings that point at the
-    store (managed identity), as the Functions host would; the service installed in function_app."""
-    store.bring_up()
-    store.reset()
-
-    def configure(refresh_seconds: float = 5, **settings: str | None) -> CompletionService:
-        return configure_app(**{**store.app_settings("managed_identity", refresh_seconds=float(refresh_seconds)),
-                                **settings})
-
-    yield configure
-    store.bring_up()
 
 
 def test_the_stores_values_override_app_settings_and_serve_requests(app_with_store):

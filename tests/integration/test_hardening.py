@@ -69,19 +69,6 @@ def store(running_emulators):
     standins.stop()
 
 
-@pytest.fixture
-def app_with_store(store, configure_app):
-    """``app_with_store(**app_settings)``: the app reading the store (managed identity), as the host runs it."""
-    store.bring_up()
-    store.reset()
-
-    def configure(**settings: str | None) -> CompletionService:
-        return configure_app(**{**store.app_settings("managed_identity", refresh_seconds=5.0), **settings})
-
-    yield configure
-    store.reset()
-
-
 def test_a_token_scope_in_the_store_is_ignored_and_the_token_stays_for_azure_openai(app_with_store, store,
                                                                                       emulators, caplog):
     store.set({"key": "completions:AZURE_OPENAI_TOKEN_SCOPE", "value": "https://management.azure.com/.default"},
