@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from devserver.emulators.azure_openai import validate_request as emulator_validates
 from shared.config.settings import Limits, SettingsError, load_settings
+from shared.contract.body import parse_json_body
 from shared.contract.completions import validate_completion_request
 from shared.errors import AppError
 from support import spec
@@ -116,10 +117,21 @@ def _upstream_calls(emulators) -> int:
     return emulators.openai_control.stats()["completion_requests"]
 
 
-def _check(emulators, reply_for) -> None:
+def _accepted(request: bytes | object) -> bool:
+    """What the parser says of the request, as the handler reads it (bytes are decoded first)."""
+    try:
+        document = parse_json_body(request, LIMITS.max_body_bytes) if isinstance(request, bytes) else request
+        validate_completion_request(document, LIMITS)
+    except AppError:
+        return False
+    return True
+
+
+def _check(emulators, request: bytes | object) -> None:
     before = _upstream_calls(emulators)
-    reply = reply_for()
+    reply = post_completions(raw=request) if isinstance(request, bytes) else post_completions(request)
     reached_upstream = _upstream_calls(emulators) - before
+    assert (reply.status == 200) == _accepted(request), reply.body  # the handler answers what the parser accepts
     if reply.status == 200:
         assert reached_upstream == 1 and isinstance(reply.body["text"], str)
         return
@@ -137,21 +149,21 @@ HANDLER = settings(max_examples=120, deadline=None, suppress_health_check=[Healt
 @given(st.binary(max_size=200))
 def test_handler_with_arbitrary_bytes(configure_app, emulators, raw):
     configure_app(auth="key")
-    _check(emulators, lambda: post_completions(raw=raw))
+    _check(emulators, raw)
 
 
 @HANDLER
 @given(json_values)
 def test_handler_with_arbitrary_json(configure_app, emulators, document):
     configure_app(auth="key")
-    _check(emulators, lambda: post_completions(document))
+    _check(emulators, document)
 
 
 @HANDLER
 @given(near_valid_bodies())
 def test_handler_with_near_valid_bodies(configure_app, emulators, body):
     configure_app(auth="key")
-    _check(emulators, lambda: post_completions(body))
+    _check(emulators, body)
 
 
 # -- settings ------------------------------------------------------------------------------
